@@ -1,0 +1,260 @@
+"""`GridFitter`: fits catalog rows against a `ModelGrid` (host orchestration).
+
+The fitter takes a snapshot of the grid on construction — observables in the
+likelihood's space (z-scored when ``use_standardised``), native observables,
+targets, log grid weights — as an immutable device-side `GridData`, and runs
+the pure posterior of ``jaxgrid.prob`` on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._checks import float_dtype, is_traced
+from .grid import ModelGrid
+from .prob.likelihoods import AbstractLikelihood, GaussianProductLikelihood
+from .prob.posterior import log_posterior_terms, normalise_log_weights
+from .prob.priors import AbstractPrior, FlatPrior, ObservableDependentPrior
+from .summaries import histogram_density, weighted_histogram
+
+__all__ = ["GridFitter", "GridData"]
+
+logger = logging.getLogger("jaxgrid")
+
+
+class GridData(eqx.Module):
+    """Device-side snapshot of a grid, as the traced core sees it.
+
+    Attributes:
+        models: (N, P) observables in the likelihood's space.
+        models_native: (N, P) native observables (for observable-dependent priors).
+        targets: (N, Q) targets.
+        log_weights: (N,) ``log w`` (zeros when the grid is unweighted).
+        obs_mean, obs_std: (P,) map native rows to the likelihood's space,
+            ``(x - mean) / std`` (0 and 1 without standardisation).
+    """
+
+    models: Float[Array, "models obs"]
+    models_native: Float[Array, "models obs"]
+    targets: Float[Array, "models targets"]
+    log_weights: Float[Array, " models"]
+    obs_mean: Float[Array, " obs"]
+    obs_std: Float[Array, " obs"]
+
+    def to_likelihood_space(self, x, sigma):
+        return (x - self.obs_mean) / self.obs_std, sigma / self.obs_std
+
+
+def prepare_grid(grid: ModelGrid, use_standardised: bool) -> GridData:
+    """Build the `GridData` of ``grid`` (z-scored with its fitted standardiser if asked)."""
+    dt = float_dtype()
+    p = grid.n_observables
+    if use_standardised:
+        mean = jnp.asarray(grid.standardiser.mean, dtype=dt)
+        std = jnp.asarray(grid.standardiser.std, dtype=dt)
+    else:
+        mean, std = jnp.zeros(p, dt), jnp.ones(p, dt)
+    log_w = (
+        jnp.zeros(grid.n_models, dt)
+        if grid.weights is None
+        else jnp.log(jnp.asarray(grid.weights, dtype=dt))
+    )
+    return GridData(
+        models=(grid.observables - mean) / std,
+        models_native=grid.observables,
+        targets=grid.targets,
+        log_weights=log_w,
+        obs_mean=mean,
+        obs_std=std,
+    )
+
+
+@eqx.filter_jit
+def _row_log_weights(data: GridData, likelihood, prior, x, sigma, upper, cand):
+    """Unnormalised log posterior of one native row over all models or ``cand``."""
+    xs, ss = data.to_likelihood_space(x, sigma)
+    if cand is None:
+        models, native, targets, log_w = (
+            data.models,
+            data.models_native,
+            data.targets,
+            data.log_weights,
+        )
+    else:
+        models, native = data.models[cand], data.models_native[cand]
+        targets, log_w = data.targets[cand], data.log_weights[cand]
+    lw = log_posterior_terms(xs, ss, models, targets, likelihood, prior, None, upper, native, x)
+    return lw + log_w
+
+
+class GridFitter:
+    """Posterior inference of catalog rows over a `ModelGrid`.
+
+    Args:
+        grid: the model library.
+        likelihood: an `AbstractLikelihood` (default `GaussianProductLikelihood()`).
+        prior: an `AbstractPrior` or `ObservableDependentPrior` (default
+            `FlatPrior()`); target/observable names are resolved on the grid.
+        use_standardised: evaluate the likelihood on z-scored observables
+            (x, models and sigma divided by each observable's sd). The grid's
+            standardiser is fitted only if it is not fitted yet — a fit the
+            user made (e.g. on a mask) is kept. The fitter snapshots it now.
+            Observable-dependent priors always receive native observables.
+
+    Example:
+        >>> fitter = GridFitter(grid, GaussianProductLikelihood(), FlatPrior())
+        >>> dens, centres = fitter.posterior_over_target(x, s, "logM", np.linspace(7, 12, 51))
+    """
+
+    def __init__(
+        self,
+        grid: ModelGrid,
+        likelihood: AbstractLikelihood | None = None,
+        prior: AbstractPrior | ObservableDependentPrior | None = None,
+        use_standardised: bool = True,
+    ):
+        if not isinstance(grid, ModelGrid):
+            raise TypeError(f"GridFitter: `grid` must be a ModelGrid, got {type(grid).__name__}.")
+        likelihood = GaussianProductLikelihood() if likelihood is None else likelihood
+        prior = FlatPrior() if prior is None else prior
+        if not isinstance(likelihood, AbstractLikelihood):
+            raise TypeError(
+                f"GridFitter: `likelihood` must be an AbstractLikelihood (e.g. "
+                f"GaussianProductLikelihood()), got {type(likelihood).__name__}."
+            )
+        if not isinstance(prior, AbstractPrior | ObservableDependentPrior):
+            raise TypeError(
+                f"GridFitter: `prior` must be a prior (e.g. FlatPrior()), got {type(prior).__name__}."
+            )
+        self.grid = grid
+        self.use_standardised = bool(use_standardised)
+        if self.use_standardised and not grid.standardiser.is_fitted:
+            grid.fit_standardiser()
+            logger.info("GridFitter: fitted the grid's observable standardiser.")
+        self.likelihood = likelihood
+        self.prior = prior.resolve(grid.target_names, grid.observable_names)
+        self._likelihood_in_space = (
+            likelihood.to_standardised(grid.standardiser.mean, grid.standardiser.std)
+            if self.use_standardised
+            else likelihood
+        )
+        self.data = prepare_grid(grid, self.use_standardised)
+
+    # -------------------------------------------------------------- checks
+    def _row(self, x_native, sigma_native, upper_limits, candidate_idx):
+        p = self.grid.n_observables
+        x = jnp.asarray(x_native, dtype=float_dtype())
+        s = jnp.asarray(sigma_native, dtype=float_dtype())
+        for arr, name in ((x, "x_native"), (s, "sigma_native")):
+            if arr.shape != (p,):
+                raise ValueError(
+                    f"`{name}` must have shape ({p},) — one value per observable "
+                    f"{self.grid.observable_names} — got {arr.shape}."
+                )
+        if not is_traced(x_native):
+            xv = np.asarray(x)
+            if np.any(np.isinf(xv)):
+                raise ValueError("`x_native` has infinite values; use NaN for a missing band.")
+        if not is_traced(sigma_native):
+            sv = np.asarray(s)
+            if np.any(np.isinf(sv)) or np.any(sv < 0):
+                raise ValueError(
+                    "`sigma_native` must be non-negative and finite (NaN marks a missing band)."
+                )
+        upper = None
+        if upper_limits is not None:
+            upper = np.asarray(upper_limits)
+            if upper.dtype != bool or upper.shape != (p,):
+                raise ValueError(
+                    f"`upper_limits` must be a bool array of shape ({p},), got "
+                    f"{upper.dtype} {upper.shape}."
+                )
+            upper = jnp.asarray(upper)
+        cand = None
+        if candidate_idx is not None:
+            cand = np.asarray(candidate_idx)
+            if cand.ndim != 1 or not np.issubdtype(cand.dtype, np.integer) or cand.size == 0:
+                raise ValueError("`candidate_idx` must be a non-empty 1-D array of model indices.")
+            if cand.min() < 0 or cand.max() >= self.grid.n_models:
+                raise IndexError(f"`candidate_idx` has indices outside [0, {self.grid.n_models}).")
+            cand = jnp.asarray(cand)
+        return x, s, upper, cand
+
+    def _log_weights(self, x_native, sigma_native, candidate_idx, upper_limits):
+        x, s, upper, cand = self._row(x_native, sigma_native, upper_limits, candidate_idx)
+        return _row_log_weights(self.data, self._likelihood_in_space, self.prior, x, s, upper, cand)
+
+    # ------------------------------------------------------------- results
+    def posterior_over_models(
+        self, x_native, sigma_native, candidate_idx=None, upper_limits=None
+    ) -> Float[Array, " cand"]:
+        """Posterior weights (Nc,) of the models (or of ``candidate_idx``), summing to 1.
+
+        ``upper_limits`` (P,) bool flags observables whose value is a limit
+        (see ``jaxgrid.prob.likelihoods``). A row with no usable observable
+        gets all-zero weights and a warning.
+        """
+        lw = self._log_weights(x_native, sigma_native, candidate_idx, upper_limits)
+        w, log_z = normalise_log_weights(lw)
+        _warn_if_unusable(log_z)
+        return w
+
+    def log_evidence(self, x_native, sigma_native, candidate_idx=None, upper_limits=None) -> Array:
+        """``log Z`` of the row (a JAX scalar; differentiable w.r.t. the row)."""
+        from jax.scipy.special import logsumexp
+
+        return logsumexp(self._log_weights(x_native, sigma_native, candidate_idx, upper_limits))
+
+    def posterior_over_target(
+        self, x_native, sigma_native, target_col, bins, candidate_idx=None, upper_limits=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior density of one target on ``bins``: ``(density (K,), centres (K,))``.
+
+        ``bins``: K+1 strictly increasing edges in the target's units. The
+        density is normalised over the in-range mass (``sum density * width
+        = 1``). With no in-range mass the density is NaN and a warning says
+        why — never a made-up uniform.
+        """
+        col = self.grid.target_index(target_col)
+        edges = np.asarray(bins, dtype=np.float64)
+        if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
+            raise ValueError("`bins` must be a 1-D array of at least 2 finite edges.")
+        if np.any(np.diff(edges) <= 0):
+            raise ValueError("`bins` must be strictly increasing.")
+        lw = self._log_weights(x_native, sigma_native, candidate_idx, upper_limits)
+        w, log_z = normalise_log_weights(lw)
+        _warn_if_unusable(log_z)
+        targets = (
+            self.data.targets
+            if candidate_idx is None
+            else self.data.targets[jnp.asarray(candidate_idx)]
+        )
+        e = jnp.asarray(edges, dtype=float_dtype())
+        mass = weighted_histogram(targets[:, col], w, e)
+        density = np.asarray(histogram_density(mass, e), dtype=np.float64)
+        if np.isfinite(float(log_z)) and not np.any(np.isfinite(density)):
+            warnings.warn(
+                f"posterior_over_target: no posterior mass of {self.grid.target_names[col]!r} "
+                f"inside the bins [{edges[0]}, {edges[-1]}]; the density is NaN.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return density, 0.5 * (edges[1:] + edges[:-1])
+
+
+def _warn_if_unusable(log_z: Array) -> None:
+    if is_traced(log_z):
+        return
+    if not np.isfinite(float(log_z)):
+        warnings.warn(
+            "this row has no usable observable (or every model is excluded): log evidence is "
+            "-inf, weights are zero and densities NaN.",
+            RuntimeWarning,
+            stacklevel=3,
+        )

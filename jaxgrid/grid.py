@@ -1,0 +1,346 @@
+"""`ModelGrid`: the model library — observables, targets, weights, metadata.
+
+A grid is the host-side container a user builds once and fits many catalogs
+against. It is a plain (mutable) class rather than an ``eqx.Module`` because the
+BESTA workflow fits standardisers on it in place (``grid.fit_standardiser()``);
+the traced core never sees it — `GridFitter` derives an immutable device-side
+snapshot from it (see ``jaxgrid.fitter``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .transforms import LinearStandardiser
+
+__all__ = ["ModelGrid"]
+
+BoundaryCheck = Callable[[Any], Any]
+
+
+def _float_dtype() -> Any:
+    """float32, or float64 when the user enabled ``jax_enable_x64``."""
+    return jnp.result_type(float)
+
+
+def _check_names(names: Sequence[str], n: int, what: str) -> list[str]:
+    if isinstance(names, str):
+        raise ValueError(f"ModelGrid: `{what}_names` must be a list of strings, not one string.")
+    names = list(names)
+    if not all(isinstance(s, str) and s for s in names):
+        raise ValueError(f"ModelGrid: `{what}_names` must be non-empty strings, got {names!r}.")
+    if len(names) != n:
+        raise ValueError(
+            f"ModelGrid: `{what}_names` has {len(names)} names but `{what}s` has {n} columns."
+        )
+    dup = sorted({s for s in names if names.count(s) > 1})
+    if dup:
+        raise ValueError(f"ModelGrid: duplicate {what} names {dup}; names must be unique.")
+    return names
+
+
+class ModelGrid:
+    """A finite model library: ``N`` models, ``P`` observables, ``Q`` targets.
+
+    Args:
+        observables: (N, P) predicted observables of each model (e.g. AB
+            magnitudes). Must be finite.
+        targets: (N, Q) physical parameters of each model (e.g. logM, age, z).
+            Must be finite.
+        observable_names: P unique names.
+        target_names: Q unique names.
+        weights: optional (N,) non-negative per-model weights (e.g. grid
+            cell volumes); enter the posterior as ``log w`` (zero = excluded).
+        meta: optional JSON-able dict, stored in every file format.
+        check_boundaries: optional vectorised callable
+            ``targets (M, Q) -> bool (M,)`` telling which target positions lie
+            inside the grid's domain (used by interpolation). Kept in memory
+            and pickles; not written to FITS/HDF5.
+
+    Arrays are held as JAX arrays of the default float dtype (float32, or
+    float64 when ``jax_enable_x64`` is on).
+
+    Raises:
+        ValueError: shapes, names, weights or values are invalid (the message
+            names the argument).
+
+    Example:
+        >>> grid = ModelGrid(np.zeros((3, 2)), np.arange(3.0)[:, None],
+        ...                  ["g", "r"], ["logM"])
+        >>> grid.n_models, grid.n_observables, grid.n_targets
+        (3, 2, 1)
+    """
+
+    def __init__(
+        self,
+        observables: Any,
+        targets: Any,
+        observable_names: Sequence[str],
+        target_names: Sequence[str],
+        weights: Any = None,
+        meta: dict[str, Any] | None = None,
+        check_boundaries: BoundaryCheck | None = None,
+    ):
+        obs = np.asarray(observables)
+        tgt = np.asarray(targets)
+        for arr, what in ((obs, "observables"), (tgt, "targets")):
+            if arr.ndim != 2:
+                raise ValueError(
+                    f"ModelGrid: `{what}` must be 2-D (models, columns), got shape {arr.shape}."
+                )
+            if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+                raise ValueError(f"ModelGrid: `{what}` must be real numbers, got {arr.dtype}.")
+        if obs.shape[0] == 0:
+            raise ValueError("ModelGrid: the grid is empty (N == 0 models).")
+        if obs.shape[0] != tgt.shape[0]:
+            raise ValueError(
+                f"ModelGrid: `observables` has {obs.shape[0]} models (rows) but `targets` has "
+                f"{tgt.shape[0]}; they must describe the same models."
+            )
+        for arr, what in ((obs, "observables"), (tgt, "targets")):
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                rows = np.flatnonzero(bad.any(axis=1))
+                raise ValueError(
+                    f"ModelGrid: `{what}` has {int(bad.sum())} non-finite values (first rows "
+                    f"{rows[:5].tolist()}); remove or fix those models."
+                )
+        self.observable_names = _check_names(observable_names, obs.shape[1], "observable")
+        self.target_names = _check_names(target_names, tgt.shape[1], "target")
+        if weights is not None:
+            w = np.asarray(weights)
+            if w.shape != (obs.shape[0],):
+                raise ValueError(
+                    f"ModelGrid: `weights` must have shape ({obs.shape[0]},), got {w.shape}."
+                )
+            if not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError("ModelGrid: `weights` must be finite and non-negative.")
+            self.weights = jnp.asarray(w, dtype=_float_dtype())
+        else:
+            self.weights = None
+        meta = {} if meta is None else meta
+        if not isinstance(meta, dict):
+            raise ValueError(f"ModelGrid: `meta` must be a dict, got {type(meta).__name__}.")
+        try:
+            json.dumps(meta)
+        except TypeError as err:
+            raise ValueError(f"ModelGrid: `meta` must be JSON-serialisable ({err}).") from None
+        self.meta = meta
+        if check_boundaries is not None and not callable(check_boundaries):
+            raise ValueError("ModelGrid: `check_boundaries` must be callable or None.")
+        self.check_boundaries = check_boundaries
+        self.observables: Float[Array, "models obs"] = jnp.asarray(obs, dtype=_float_dtype())
+        self.targets: Float[Array, "models targets"] = jnp.asarray(tgt, dtype=_float_dtype())
+        self.standardiser = LinearStandardiser()
+        self.target_standardiser = LinearStandardiser()
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def n_models(self) -> int:
+        return int(self.observables.shape[0])
+
+    @property
+    def n_observables(self) -> int:
+        return int(self.observables.shape[1])
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.targets.shape[1])
+
+    def __len__(self) -> int:
+        return self.n_models
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelGrid(n_models={self.n_models}, observables={self.observable_names}, "
+            f"targets={self.target_names}, weighted={self.weights is not None})"
+        )
+
+    # ----------------------------------------------------------------- lookup
+    def target_index(self, col: str | int) -> int:
+        """Index of a target given its name or index (`KeyError` / `IndexError` otherwise)."""
+        return _column_index(col, self.target_names, "target")
+
+    def observable_index(self, col: str | int) -> int:
+        """Index of an observable given its name or index."""
+        return _column_index(col, self.observable_names, "observable")
+
+    def get_target(self, name: str | int) -> Float[Array, " models"]:
+        """The (N,) values of one target, by name or index."""
+        return self.targets[:, self.target_index(name)]
+
+    def get_observable(self, name: str | int) -> Float[Array, " models"]:
+        """The (N,) values of one observable, by name or index."""
+        return self.observables[:, self.observable_index(name)]
+
+    def select(
+        self,
+        idx: Any = None,
+        observables: Sequence[str | int] | None = None,
+        targets: Sequence[str | int] | None = None,
+        standardisers: bool = True,
+    ) -> ModelGrid:
+        """A new grid with a subset of models and/or columns.
+
+        Args:
+            idx: model indices (ints) or an (N,) bool mask; None keeps all.
+            observables, targets: column names or indices to keep (in that
+                order); None keeps all.
+            standardisers: carry the fitted standardisers, sliced to the kept
+                columns (their parameters are *not* refitted on the subset).
+        """
+        rows = _row_index(idx, self.n_models)
+        ocols = [self.observable_index(c) for c in (observables or range(self.n_observables))]
+        tcols = [self.target_index(c) for c in (targets or range(self.n_targets))]
+        obs = np.asarray(self.observables)[rows][:, ocols]
+        tgt = np.asarray(self.targets)[rows][:, tcols]
+        w = None if self.weights is None else np.asarray(self.weights)[rows]
+        new = ModelGrid(
+            obs,
+            tgt,
+            [self.observable_names[i] for i in ocols],
+            [self.target_names[i] for i in tcols],
+            weights=w,
+            meta=json.loads(json.dumps(self.meta)),
+            check_boundaries=self.check_boundaries,
+        )
+        if standardisers:
+            new.standardiser = self.standardiser.select(ocols)
+            new.target_standardiser = self.target_standardiser.select(tcols)
+        return new
+
+    # -------------------------------------------------------- standardisation
+    def fit_standardiser(self, mask: Any = None) -> LinearStandardiser:
+        """Fit the observables' z-score on the grid (rows in ``mask`` only, if given)."""
+        self.standardiser = LinearStandardiser().fit(np.asarray(self.observables), mask)
+        return self.standardiser
+
+    def transform_observables(self, values: Any) -> Any:
+        return self.standardiser.transform(values)
+
+    def inverse_transform_observables(self, values: Any) -> Any:
+        return self.standardiser.inverse_transform(values)
+
+    def fit_target_standardiser(self, mask: Any = None) -> LinearStandardiser:
+        """Fit the targets' z-score on the grid (rows in ``mask`` only, if given)."""
+        self.target_standardiser = LinearStandardiser().fit(np.asarray(self.targets), mask)
+        return self.target_standardiser
+
+    def transform_targets(self, values: Any) -> Any:
+        return self.target_standardiser.transform(values)
+
+    def inverse_transform_targets(self, values: Any) -> Any:
+        return self.target_standardiser.inverse_transform(values)
+
+    # ------------------------------------------------------------------ files
+    def to_fits_table(self, path, hdu_name="MODELGRID", overwrite=False, include_meta=True):
+        """Write a FITS binary table (see `jaxgrid.io.grid_files.write_fits`)."""
+        from .io.grid_files import write_fits
+
+        write_fits(self, path, hdu_name=hdu_name, overwrite=overwrite, include_meta=include_meta)
+
+    @classmethod
+    def from_fits_table(
+        cls,
+        path,
+        observable_cols=None,
+        target_cols=None,
+        weight_col=None,
+        row_mask=None,
+        table_hdu=1,
+    ) -> ModelGrid:
+        """Read a FITS table (see `jaxgrid.io.grid_files.read_fits`)."""
+        from .io.grid_files import read_fits
+
+        return read_fits(
+            path,
+            observable_cols=observable_cols,
+            target_cols=target_cols,
+            weight_col=weight_col,
+            row_mask=row_mask,
+            table_hdu=table_hdu,
+        )
+
+    def to_hdf5(self, path, group="/modelgrid", overwrite=False, compression="gzip"):
+        """Write to an HDF5 group (see `jaxgrid.io.grid_files.write_hdf5`)."""
+        from .io.grid_files import write_hdf5
+
+        write_hdf5(self, path, group=group, overwrite=overwrite, compression=compression)
+
+    @classmethod
+    def from_hdf5(
+        cls,
+        path,
+        group="/modelgrid",
+        observable_dsets=None,
+        target_dsets=None,
+        weight_dset=None,
+        row_slice=None,
+    ) -> ModelGrid:
+        """Read an HDF5 group (see `jaxgrid.io.grid_files.read_hdf5`)."""
+        from .io.grid_files import read_hdf5
+
+        return read_hdf5(
+            path,
+            group=group,
+            observable_dsets=observable_dsets,
+            target_dsets=target_dsets,
+            weight_dset=weight_dset,
+            row_slice=row_slice,
+        )
+
+    def to_pickle(self, path) -> None:
+        """Pickle the grid (arrays as NumPy; see `jaxgrid.io.grid_files.write_pickle`)."""
+        from .io.grid_files import write_pickle
+
+        write_pickle(self, path)
+
+    @classmethod
+    def from_pickle(cls, path) -> ModelGrid:
+        from .io.grid_files import read_pickle
+
+        return read_pickle(path)
+
+    @classmethod
+    def load_auto(cls, path, **kw) -> ModelGrid:
+        """Load by suffix: .fits/.fit/.fts/.fits.gz, .h5/.hdf5, .pkl/.pickle."""
+        from .io.grid_files import load_auto
+
+        return load_auto(path, **kw)
+
+
+def _column_index(col: str | int, names: Sequence[str], what: str) -> int:
+    if isinstance(col, (bool, np.bool_)):
+        raise TypeError(f"{what} column must be a name or an integer index, got {col!r}.")
+    if isinstance(col, (int, np.integer)):
+        n = len(names)
+        if not -n <= int(col) < n:
+            raise IndexError(f"{what} index {int(col)} is out of range for {n} {what}s {names}.")
+        return int(col) % n
+    if isinstance(col, str):
+        if col not in names:
+            raise KeyError(f"unknown {what} {col!r}; known {what}s: {list(names)}.")
+        return list(names).index(col)
+    raise TypeError(f"{what} column must be a name or an integer index, got {type(col).__name__}.")
+
+
+def _row_index(idx: Any, n: int) -> np.ndarray:
+    if idx is None:
+        return np.arange(n)
+    arr = np.asarray(idx)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise ValueError(f"select: a bool `idx` must have shape ({n},), got {arr.shape}.")
+        return np.flatnonzero(arr)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"select: `idx` must be ints or a bool mask, got {arr.dtype}.")
+    arr = arr.reshape(-1)
+    if arr.size and (arr.min() < -n or arr.max() >= n):
+        raise IndexError(f"select: `idx` has indices outside [0, {n}).")
+    return arr % n

@@ -1,0 +1,9 @@
+"""Host-side file I/O: grid files (FITS, HDF5, pickle)."""
+
+from .grid_files import load_auto as load_auto
+from .grid_files import read_fits as read_fits
+from .grid_files import read_hdf5 as read_hdf5
+from .grid_files import read_pickle as read_pickle
+from .grid_files import write_fits as write_fits
+from .grid_files import write_hdf5 as write_hdf5
+from .grid_files import write_pickle as write_pickle

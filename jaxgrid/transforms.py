@@ -1,0 +1,152 @@
+"""Per-column linear transforms of observables and targets.
+
+"Standardised" means a per-column z-score, ``(v - mean) / std``. The fitted
+parameters live on the host as float64 NumPy arrays; ``transform`` and
+``inverse_transform`` accept NumPy or JAX arrays and return the same kind, so
+the same standardiser serves file I/O (NumPy) and the traced core (JAX).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["LinearStandardiser"]
+
+
+class LinearStandardiser:
+    """Per-column z-score: ``z = (v - mean) / std``.
+
+    ``fit`` ignores NaNs, uses ``ddof=0`` and replaces a zero (or all-NaN)
+    standard deviation by 1 so constant columns pass through unscaled.
+
+    Example:
+        >>> s = LinearStandardiser().fit(np.array([[1.0, 5.0], [3.0, 5.0]]))
+        >>> s.mean, s.std
+        (array([2., 5.]), array([1., 1.]))
+    """
+
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        if (mean is None) != (std is None):
+            raise ValueError("LinearStandardiser: give both `mean` and `std`, or neither.")
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+        if mean is not None:
+            m = np.asarray(mean, dtype=np.float64).reshape(-1)
+            s = np.asarray(std, dtype=np.float64).reshape(-1)
+            if m.shape != s.shape:
+                raise ValueError(
+                    f"LinearStandardiser: `mean` has {m.size} entries but `std` has {s.size}."
+                )
+            if not (np.all(np.isfinite(s)) and np.all(s > 0)):
+                raise ValueError("LinearStandardiser: `std` must be finite and positive.")
+            self.mean, self.std = m, s
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.mean is not None
+
+    @property
+    def n_columns(self) -> int:
+        self._require_fitted()
+        return int(self.mean.size)
+
+    def fit(self, values: Any, mask: Any = None) -> LinearStandardiser:
+        """Fit mean and std per column of ``values`` (rows, cols), NaNs ignored.
+
+        ``mask`` (rows,) bool selects the rows used for the fit.
+        """
+        v = np.asarray(values, dtype=np.float64)
+        if v.ndim != 2:
+            raise ValueError(f"LinearStandardiser.fit: `values` must be 2-D, got shape {v.shape}.")
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.dtype != bool or mask.shape != (v.shape[0],):
+                raise ValueError(
+                    f"LinearStandardiser.fit: `mask` must be a bool array of shape "
+                    f"({v.shape[0]},), got {mask.dtype} {mask.shape}."
+                )
+            v = v[mask]
+        if v.shape[0] == 0:
+            raise ValueError("LinearStandardiser.fit: no rows to fit on (empty or all masked).")
+        finite = np.isfinite(v)
+        count = finite.sum(axis=0)
+        vz = np.where(finite, v, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = vz.sum(axis=0) / count
+            var = (np.where(finite, v - mean, 0.0) ** 2).sum(axis=0) / count
+        mean = np.where(count > 0, mean, 0.0)
+        std = np.sqrt(np.where(count > 0, var, 1.0))
+        std = np.where(std > 0, std, 1.0)
+        self.mean, self.std = mean, std
+        return self
+
+    def transform(self, values: Any) -> Any:
+        """``(values - mean) / std`` on the last axis; NumPy in, NumPy out; JAX in, JAX out."""
+        self._require_fitted()
+        return (values - self._as(values, self.mean)) / self._as(values, self.std)
+
+    def inverse_transform(self, values: Any) -> Any:
+        """``values * std + mean`` on the last axis."""
+        self._require_fitted()
+        return values * self._as(values, self.std) + self._as(values, self.mean)
+
+    def scale_sigma(self, sigma: Any) -> Any:
+        """Errors in standardised units: ``sigma / std``."""
+        self._require_fitted()
+        return sigma / self._as(sigma, self.std)
+
+    def select(self, columns: Sequence[int]) -> LinearStandardiser:
+        """A standardiser restricted to ``columns`` (unfitted stays unfitted)."""
+        if not self.is_fitted:
+            return LinearStandardiser()
+        cols = np.asarray(columns, dtype=int)
+        return LinearStandardiser(self.mean[cols], self.std[cols])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; ``from_dict`` restores it exactly (floats round-trip via repr)."""
+        if not self.is_fitted:
+            return {"fitted": False}
+        return {"fitted": True, "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LinearStandardiser:
+        if not isinstance(d, dict) or "fitted" not in d:
+            raise ValueError("LinearStandardiser.from_dict: expected a dict made by to_dict().")
+        if not d["fitted"]:
+            return cls()
+        return cls(d["mean"], d["std"])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LinearStandardiser):
+            return NotImplemented
+        if self.is_fitted != other.is_fitted:
+            return False
+        if not self.is_fitted:
+            return True
+        return bool(np.array_equal(self.mean, other.mean) and np.array_equal(self.std, other.std))
+
+    __hash__ = None  # mutable
+
+    def __repr__(self) -> str:
+        if not self.is_fitted:
+            return "LinearStandardiser(unfitted)"
+        return f"LinearStandardiser(n_columns={self.mean.size})"
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(
+                "LinearStandardiser is not fitted: call fit(values) (or grid.fit_standardiser())."
+            )
+
+    @staticmethod
+    def _as(like: Any, arr: np.ndarray) -> Any:
+        # Keep JAX inputs in JAX (traceable); cast parameters to the input's float dtype.
+        if isinstance(like, jax.Array):
+            return jax.numpy.asarray(arr, dtype=like.dtype)
+        like = np.asarray(like)
+        dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64
+        return arr.astype(dtype)

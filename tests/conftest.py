@@ -1,0 +1,39 @@
+import jax
+import numpy as np
+import pytest
+
+from jaxgrid import ModelGrid
+
+
+@pytest.fixture
+def x64():
+    """Run a test with float64 JAX (the library never sets this itself)."""
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def make_grid(rng, n=500, p=4, q=3, weights=False, meta=None):
+    obs = rng.normal(20.0, 1.5, size=(n, p))
+    tgt = np.column_stack([rng.uniform(0.1, 10.0, size=n) for _ in range(q)])
+    w = rng.uniform(0.2, 2.0, size=n) if weights else None
+    return ModelGrid(
+        obs,
+        tgt,
+        [f"mag_{i}" for i in range(p)],
+        [f"t{i}" for i in range(q)],
+        weights=w,
+        meta=meta,
+    )
+
+
+@pytest.fixture
+def small_grid(rng):
+    return make_grid(rng)
