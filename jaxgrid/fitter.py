@@ -130,7 +130,8 @@ class GridFitter:
             )
         if not isinstance(prior, AbstractPrior | ObservableDependentPrior):
             raise TypeError(
-                f"GridFitter: `prior` must be a prior (e.g. FlatPrior()), got {type(prior).__name__}."
+                "GridFitter: `prior` must be a prior (e.g. FlatPrior()), got "
+                f"{type(prior).__name__}."
             )
         self.grid = grid
         self.use_standardised = bool(use_standardised)

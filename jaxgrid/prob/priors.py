@@ -114,6 +114,10 @@ def _target_values(targets: Any, col: Column, owner: str) -> np.ndarray:
     return arr[:, _column(col, owner)]
 
 
+def _optional_array(a: Any) -> Array | None:
+    return None if a is None else jnp.asarray(a, dtype=float_dtype())
+
+
 def _fit_weights(weights: Any, n: int, owner: str) -> np.ndarray:
     if weights is None:
         return np.ones(n)
@@ -365,9 +369,8 @@ class EmpiricalHistogramPrior1D(_Prior1D):
         self.density_floor = float(density_floor)
         if not self.density_floor >= 0:
             raise ValueError(f"{owner}: `density_floor` must be >= 0.")
-        as_arr = lambda a: None if a is None else jnp.asarray(a, dtype=float_dtype())
-        self.log_mass = as_arr(log_mass)
-        self.log_density = as_arr(log_density)
+        self.log_mass = _optional_array(log_mass)
+        self.log_density = _optional_array(log_density)
 
     def fit_from_targets(self, targets: Any, weights: Any = None) -> EmpiricalHistogramPrior1D:
         """The fitted prior, from a ModelGrid, an (N, Q) or an (N,) array of targets."""
@@ -555,9 +558,8 @@ class MagDependentRedshiftPrior(ObservableDependentPrior):
         self.m_edges = jnp.asarray(_edges(m_edges, "m_edges", owner), dtype=float_dtype())
         self.density_floor = float(density_floor)
         self.magnitude_from = magnitude_from
-        as_arr = lambda a: None if a is None else jnp.asarray(a, dtype=float_dtype())
-        self.log_table = as_arr(log_table)
-        self.log_marginal = as_arr(log_marginal)
+        self.log_table = _optional_array(log_table)
+        self.log_marginal = _optional_array(log_marginal)
 
     def resolve(self, target_names, observable_names=None):
         owner = type(self).__name__
