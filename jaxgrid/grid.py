@@ -17,16 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._checks import float_dtype
 from .transforms import LinearStandardiser
 
 __all__ = ["ModelGrid"]
 
 BoundaryCheck = Callable[[Any], Any]
-
-
-def _float_dtype() -> Any:
-    """float32, or float64 when the user enabled ``jax_enable_x64``."""
-    return jnp.result_type(float)
 
 
 def _check_names(names: Sequence[str], n: int, what: str) -> list[str]:
@@ -121,7 +117,7 @@ class ModelGrid:
                 )
             if not np.all(np.isfinite(w)) or np.any(w < 0):
                 raise ValueError("ModelGrid: `weights` must be finite and non-negative.")
-            self.weights = jnp.asarray(w, dtype=_float_dtype())
+            self.weights = jnp.asarray(w, dtype=float_dtype())
         else:
             self.weights = None
         meta = {} if meta is None else meta
@@ -135,8 +131,8 @@ class ModelGrid:
         if check_boundaries is not None and not callable(check_boundaries):
             raise ValueError("ModelGrid: `check_boundaries` must be callable or None.")
         self.check_boundaries = check_boundaries
-        self.observables: Float[Array, "models obs"] = jnp.asarray(obs, dtype=_float_dtype())
-        self.targets: Float[Array, "models targets"] = jnp.asarray(tgt, dtype=_float_dtype())
+        self.observables: Float[Array, "models obs"] = jnp.asarray(obs, dtype=float_dtype())
+        self.targets: Float[Array, "models targets"] = jnp.asarray(tgt, dtype=float_dtype())
         self.standardiser = LinearStandardiser()
         self.target_standardiser = LinearStandardiser()
 
