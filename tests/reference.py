@@ -79,3 +79,146 @@ def weighted_hist_density(values, weights, edges):
     if tot <= 0:
         return np.full(mass.size, np.nan)
     return mass / (tot * np.diff(edges))
+
+
+# ------------------------------------------------------------ batch reference
+def hist_summary(t, w, edges, find_multimodal=False):
+    """Histogram stats as specified: mean/std at bin centres, MAP centre, CDF quantiles."""
+    mass = np.zeros(edges.size - 1)
+    for ti, wi in zip(t, w):
+        if edges[0] <= ti <= edges[-1]:
+            k = min(np.searchsorted(edges, ti, side="right") - 1, edges.size - 2)
+            mass[k] += wi
+    return summary_from_mass(mass, edges, find_multimodal)
+
+
+def summary_from_mass(mass, edges, find_multimodal=False):
+    tot = mass.sum()
+    nan = float("nan")
+    if tot <= 0:
+        return dict(
+            mean=nan,
+            std=nan,
+            map=nan,
+            median=nan,
+            lo68=nan,
+            hi68=nan,
+            nmodes=-1,
+            density=np.full(mass.size, nan),
+        )
+    p = mass / tot
+    c = 0.5 * (edges[1:] + edges[:-1])
+    mean = np.sum(p * c)
+    std = np.sqrt(np.sum(p * (c - mean) ** 2))
+    cdf = np.concatenate([[0.0], np.cumsum(p)])
+
+    def quant(q):
+        for k in range(mass.size):
+            if cdf[k + 1] >= q:
+                lo, hi = cdf[k], cdf[k + 1]
+                frac = (q - lo) / (hi - lo) if hi > lo else 0.0
+                return edges[k] + min(max(frac, 0.0), 1.0) * (edges[k + 1] - edges[k])
+        return edges[-1]
+
+    if find_multimodal:
+        nmodes = sum(
+            1 for k in range(1, mass.size - 1) if mass[k] > mass[k - 1] and mass[k] > mass[k + 1]
+        )
+    else:
+        nmodes = 1
+    return dict(
+        mean=mean,
+        std=std,
+        map=c[np.argmax(mass)],
+        median=quant(0.5),
+        lo68=quant(0.16),
+        hi68=quant(0.84),
+        nmodes=nmodes,
+        density=p / np.diff(edges),
+    )
+
+
+def batch_row_reference(
+    lw,
+    cand_ids,
+    targets,
+    *,
+    keep_mass,
+    keep_min,
+    cap,
+    ties=False,
+    stats_cols=(),
+    edges=(),
+    find_multimodal=False,
+    kde=False,
+):
+    """Float64 reference of one row of fit_batch given its candidates' log weights."""
+    lw = np.asarray(lw, float)
+    order = np.argsort(-lw, kind="stable")
+    finite = np.isfinite(lw)
+    n_valid = int(finite.sum())
+    lz = special.logsumexp(lw)
+    w = np.exp(lw - lz)
+    ws = w[order]
+    cum = np.cumsum(ws)
+    truncate = not (keep_mass >= 0.9999 and cap is None)
+    cap_eff = cap if cap is not None else max(keep_min, 1024)
+    cap_eff = min(cap_eff, lw.size)
+    if truncate:
+        need = (
+            1 + int(np.sum(cum[:cap_eff] < keep_mass))
+            if cum[:cap_eff][-1] >= keep_mass
+            else cap_eff + 1
+        )
+        n_keep = min(max(need, keep_min), cap_eff)
+        n_keep = max(1, min(n_keep, n_valid))
+        if ties:
+            thr = ws[n_keep - 1]
+            n_keep = max(n_keep, int(np.sum(ws[:cap_eff] >= thr)))
+        kept = order[:n_keep]
+        mass_kept = ws[:n_keep].sum()
+        cut = ws[n_keep - 1]
+        stat_idx, stat_w = kept, w[kept] / mass_kept
+    else:
+        n_keep = min(n_valid, cap_eff)
+        kept = order[:n_keep]
+        mass_kept, cut = 1.0, 0.0
+        stat_idx, stat_w = np.arange(lw.size)[finite], w[finite]
+    post = w[kept] / w[kept].sum()
+    out = dict(
+        candidates=np.asarray(cand_ids)[kept],
+        post_models=post,
+        log_evidence=lz,
+        best=np.asarray(cand_ids)[order[0]],
+        n_before=n_valid,
+        n_after=n_keep,
+        mass_kept=mass_kept,
+        mass_dropped=1 - mass_kept,
+        cut_weight=cut,
+        ess_before=1.0 / np.sum(w**2),
+        ess_after=(1.0 / np.sum(post**2)) if truncate else 1.0 / np.sum(w**2),
+    )
+    t_all = np.asarray(targets, float)
+    stats = {}
+    for col, e in zip(stats_cols, edges):
+        tv = t_all[stat_idx, col]
+        if kde:
+            kt, kw = t_all[kept, col], post
+            if 1.0 / np.sum(kw**2) > 1 + 1e-6 and np.ptp(kt) > 0:
+                c = 0.5 * (e[1:] + e[:-1])
+                dens = stats_mod.gaussian_kde(kt, weights=kw)(c)
+                stats[col] = summary_from_mass(dens * np.diff(e), e, find_multimodal)
+                continue
+        stats[col] = hist_summary(tv, stat_w, e, find_multimodal)
+    out["stats"] = stats
+    if len(stats_cols):
+        tt = t_all[stat_idx][:, list(stats_cols)]
+        wn = stat_w / stat_w.sum()
+        denom = 1.0 - np.sum(wn**2)
+        mu = wn @ tt
+        d = tt - mu
+        out["cov"] = (d.T * wn) @ d / denom if denom > 0 else np.full((tt.shape[1],) * 2, np.nan)
+    return out
+
+
+stats_mod = stats

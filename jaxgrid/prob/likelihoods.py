@@ -69,6 +69,14 @@ class AbstractLikelihood(eqx.Module):
     ) -> Float[Array, " cand"]:
         """Log-likelihood of one row against each model (``-inf``: row unusable)."""
 
+    def chi2(self, x, sigma, models, upper=None) -> Float[Array, " cand"]:
+        """Goodness of fit per model, reported as ``chi2_min`` by the batch fitter.
+
+        Default: ``-2 log L``. Gaussian likelihoods override it with the plain
+        ``sum_j ((m_ij - x_j) / h_j)^2`` over the row's usable, non-limit bands.
+        """
+        return -2.0 * self.log_likelihood(x, sigma, models, upper)
+
     def to_standardised(self, mean: np.ndarray, std: np.ndarray) -> AbstractLikelihood:
         """This likelihood with native-unit parameters mapped to z-scored units."""
         return self
@@ -101,6 +109,15 @@ def _gaussian_terms(
     return jnp.where(usable, terms, 0.0), usable
 
 
+def _chi2_terms(x, sigma, models, upper, floor, scale) -> Float[Array, " cand"]:
+    h = jnp.maximum(scale * sigma, floor)
+    usable = jnp.isfinite(x) & jnp.isfinite(h) & (h > 0)
+    if upper is not None:
+        usable = usable & ~upper
+    r = (models - jnp.where(usable, x, 0.0)) / jnp.where(usable, h, 1.0)
+    return jnp.sum(jnp.where(usable, r**2, 0.0), axis=-1)
+
+
 class GaussianProductLikelihood(AbstractLikelihood):
     """Product of independent Gaussians with a bandwidth floor.
 
@@ -130,6 +147,9 @@ class GaussianProductLikelihood(AbstractLikelihood):
             x, sigma, models, upper, self.bandwidth_floor, self.scale, self.limit_kind
         )
         return jnp.where(jnp.any(usable), jnp.sum(terms, axis=-1), -jnp.inf)
+
+    def chi2(self, x, sigma, models, upper=None):
+        return _chi2_terms(x, sigma, models, upper, self.bandwidth_floor, self.scale)
 
 
 class CensoredSizeLikelihood(AbstractLikelihood):
@@ -194,6 +214,13 @@ class CensoredSizeLikelihood(AbstractLikelihood):
         total = jnp.sum(terms, axis=-1) + censor
         return jnp.where(jnp.any(usable) | size_ok, total, -jnp.inf)
 
+    def chi2(self, x, sigma, models, upper=None):
+        phot = jnp.asarray(self.phot_indices, dtype=jnp.int32)
+        up = None if upper is None else upper[phot]
+        return _chi2_terms(
+            x[phot], sigma[phot], models[:, phot], up, self.bandwidth_floor, self.scale
+        )
+
 
 class CompositeLikelihood(AbstractLikelihood):
     """Sum of likelihood terms (each sees the full row): ``log L = sum_k log L_k``."""
@@ -213,6 +240,12 @@ class CompositeLikelihood(AbstractLikelihood):
 
     def to_standardised(self, mean, std):
         return CompositeLikelihood([t.to_standardised(mean, std) for t in self.terms])
+
+    def chi2(self, x, sigma, models, upper=None):
+        total = self.terms[0].chi2(x, sigma, models, upper)
+        for t in self.terms[1:]:
+            total = total + t.chi2(x, sigma, models, upper)
+        return total
 
     def log_likelihood(self, x, sigma, models, upper=None):
         total = self.terms[0].log_likelihood(x, sigma, models, upper)

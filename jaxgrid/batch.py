@@ -1,0 +1,698 @@
+"""Batch fitting on the host: validation, chunking, devices, outputs (`fit_batch`).
+
+The host cuts the catalog into fixed-size chunks (the tail padded and
+masked), prepares chunk ``i+1`` (candidate queries on host threads) while the
+device computes chunk ``i``, and pulls results back one chunk behind, so the
+device never waits on Python. Results always come back in object order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ._checks import float_dtype
+from .engine import BAD_STATUS, Chunk, Status, StepConfig, StepParams, chunk_step
+from .fitter import GridData
+from .io.results import STAT_FIELDS, GridFitHDF5Writer
+
+__all__ = ["fit_batch", "RETURN_MODES", "RESERVED_KEYS", "BatchPlan"]
+
+logger = logging.getLogger("jaxgrid")
+
+RETURN_MODES = ("iter", "list", "chunks", "table")
+#: Keys of a per-object result dict and of its ``stats`` dict; targets may not use them.
+RESERVED_KEYS = frozenset(
+    {
+        "cov",
+        "m",
+        "level",
+        "candidates",
+        "post_models",
+        "truncation",
+        "stats",
+        "posts_target",
+        "log_evidence",
+        "chi2_min",
+        "best",
+        "status",
+    }
+)
+DEFAULT_CAP = 1024
+DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes of per-chunk temporaries on the CPU
+_BYTES_PER_PAIR = 32  # float32 temporaries per (row, model) pair in the step, generous
+
+
+# ----------------------------------------------------------------- planning
+@dataclasses.dataclass
+class BatchPlan:
+    """Everything fit_batch decided before computing (validated settings)."""
+
+    X: np.ndarray
+    S: np.ndarray
+    U: np.ndarray | None
+    host_flags: np.ndarray
+    stats_names: list[str]
+    stats_bins: list[np.ndarray]
+    config: StepConfig
+    params: StepParams
+    data: GridData
+    chunk_size: int
+    keep: dict[str, Any]
+    return_pdf: bool
+    configuration: dict[str, Any]
+
+
+def _float_rows(a: Any, name: str, p: int) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim == 1 and arr.size == p:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != p:
+        raise ValueError(
+            f"`{name}` must have shape (M, {p}) — one column per observable — got {np.shape(a)}."
+        )
+    return arr
+
+
+def _resolve_stats(grid, stats_for, stats_bins) -> tuple[list[int], list[str], list[np.ndarray]]:
+    if stats_for is None:
+        if stats_bins is not None:
+            raise ValueError(
+                "`stats_bins` given without `stats_for`; name the targets to summarise."
+            )
+        return [], [], []
+    if isinstance(stats_for, (str, int)):
+        stats_for = [stats_for]
+    cols = [grid.target_index(c) for c in stats_for]
+    if len(set(cols)) != len(cols):
+        raise ValueError(f"`stats_for` names a target twice: {list(stats_for)}.")
+    names = [grid.target_names[c] for c in cols]
+    clash = sorted(set(names) & RESERVED_KEYS)
+    if clash:
+        raise ValueError(
+            f"targets {clash} collide with result keys {sorted(RESERVED_KEYS)}; rename them in "
+            "the grid (e.g. ModelGrid(..., target_names=[...]))."
+        )
+    if stats_bins is None:
+        t = np.asarray(grid.targets, dtype=np.float64)
+        bins = []
+        for c in cols:
+            lo, hi = float(t[:, c].min()), float(t[:, c].max())
+            if hi <= lo:
+                lo, hi = lo - 0.5, hi + 0.5
+            bins.append(np.linspace(lo, hi, 200))
+        return cols, names, bins
+    if isinstance(stats_bins, np.ndarray) and stats_bins.ndim == 1:
+        stats_bins = [stats_bins]
+    stats_bins = list(stats_bins)
+    if len(stats_bins) != len(cols):
+        raise ValueError(
+            f"`stats_bins` has {len(stats_bins)} edge arrays for {len(cols)} targets in "
+            "`stats_for`; give one edge array per target (or None for 200 edges over the grid "
+            "range)."
+        )
+    bins = []
+    for name, e in zip(names, stats_bins, strict=True):
+        if e is None:
+            raise ValueError(f"`stats_bins` entry for {name!r} is None; give its edges.")
+        e = np.asarray(e, dtype=np.float64)
+        if e.ndim != 1 or e.size < 2 or not np.all(np.isfinite(e)) or np.any(np.diff(e) <= 0):
+            raise ValueError(
+                f"`stats_bins` for {name!r} must be >= 2 finite, strictly increasing edges."
+            )
+        bins.append(e)
+    return cols, names, bins
+
+
+def _digest(*arrays: Any) -> str:
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _module_digest(module: Any) -> str:
+    leaves, treedef = jax.tree_util.tree_flatten(module)
+    return hashlib.sha1((str(treedef) + _digest(*leaves)).encode()).hexdigest()
+
+
+def _padded_data(data: GridData, n_blocks: int, block: int) -> GridData:
+    n = data.models.shape[0]
+    pad = n_blocks * block - n
+    if pad == 0:
+        return data
+
+    def padrows(a, value):
+        return jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], value, a.dtype)])
+
+    return GridData(
+        models=padrows(data.models, 0.0),
+        models_native=padrows(data.models_native, 0.0),
+        targets=padrows(data.targets, 0.0),
+        log_weights=padrows(data.log_weights, -jnp.inf),  # padding models are excluded
+        obs_mean=data.obs_mean,
+        obs_std=data.obs_std,
+    )
+
+
+def _memory_budget() -> int:
+    dev = jax.local_devices()[0]
+    if dev.platform != "cpu":
+        try:
+            stats = dev.memory_stats() or {}
+            limit = int(stats.get("bytes_limit", 0))
+            if limit:
+                return limit // 4
+        except Exception:  # noqa: BLE001 - memory_stats is optional per backend
+            pass
+    return DEFAULT_MEMORY_BUDGET
+
+
+def plan_batch(
+    fitter,
+    X_native,
+    SIG_native,
+    *,
+    binner,
+    stats_for,
+    stats_bins,
+    find_multimodal,
+    use_kde_for_stats,
+    return_pdf_for_stats,
+    keep_mass,
+    keep_min,
+    keep_max,
+    keep_ties,
+    chunk_size,
+    upper_limits,
+    model_block_size,
+    memory_budget,
+) -> BatchPlan:
+    grid = fitter.grid
+    p = grid.n_observables
+    X = _float_rows(X_native, "X_native", p)
+    S = _float_rows(SIG_native, "SIG_native", p)
+    if X.shape != S.shape:
+        raise ValueError(f"`X_native` {X.shape} and `SIG_native` {S.shape} differ in shape.")
+    if X.shape[0] == 0:
+        raise ValueError("`X_native` has no rows.")
+    U = None
+    if upper_limits is not None:
+        U = np.asarray(upper_limits)
+        if U.dtype != bool or U.shape != X.shape:
+            raise ValueError(
+                f"`upper_limits` must be a bool array of shape {X.shape}, got {U.dtype} {U.shape}."
+            )
+    # Bad values inside a batch are flagged, not raised: treated as missing bands.
+    bad_vals = np.isinf(X) | np.isinf(S) | (S < 0)
+    host_flags = np.where(bad_vals.any(axis=1), int(Status.BAD_INPUT), 0).astype(np.int32)
+    X = np.where(bad_vals, np.nan, X)
+    S = np.where(bad_vals, np.nan, S)
+
+    cols, names, bins = _resolve_stats(grid, stats_for, stats_bins)
+    if not 0.0 < float(keep_mass) <= 1.0:
+        raise ValueError(f"`posterior_keep_mass` must be in (0, 1], got {keep_mass}.")
+    if int(keep_min) < 1:
+        raise ValueError(f"`posterior_keep_min_candidates` must be >= 1, got {keep_min}.")
+    if keep_max is not None and int(keep_max) < 1:
+        raise ValueError(f"`posterior_keep_max_candidates` must be >= 1 or None, got {keep_max}.")
+    truncate = not (float(keep_mass) >= 0.9999 and keep_max is None)
+
+    n_models = grid.n_models
+    k_cand = None
+    if binner is not None:
+        if not callable(getattr(binner, "batch_candidates", None)) or not hasattr(
+            binner, "n_candidates"
+        ):
+            raise TypeError(
+                "`binner` must follow the binner protocol (a fitted object with n_candidates "
+                "and batch_candidates(Y, SIG) -> (idx, mask, level)); got "
+                f"{type(binner).__name__}."
+            )
+        k_cand = int(binner.n_candidates)
+    n_pool = k_cand if k_cand is not None else n_models
+    cap = int(keep_max) if keep_max is not None else max(int(keep_min), DEFAULT_CAP)
+    cap = max(1, min(cap, n_pool))
+
+    budget = int(memory_budget) if memory_budget is not None else _memory_budget()
+    n_dev = jax.local_device_count()
+    if chunk_size is None:
+        per_row = n_pool * _BYTES_PER_PAIR
+        chunk_size = int(np.clip(budget // max(per_row, 1), 8, 1024))
+        chunk_size = min(chunk_size, max(8, int(2 ** np.ceil(np.log2(X.shape[0])))))
+    chunk_size = int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
+    chunk_size = -(-chunk_size // n_dev) * n_dev  # a multiple of the device count
+
+    if k_cand is not None:
+        block, n_blocks = k_cand, 1
+    else:
+        if model_block_size is None:
+            block = max(cap, budget // max(chunk_size * _BYTES_PER_PAIR, 1))
+        else:
+            block = int(model_block_size)
+            if block < 1:
+                raise ValueError(f"`model_block_size` must be >= 1, got {block}.")
+            block = max(block, cap)
+        block = min(block, n_models)
+        n_blocks = -(-n_models // block)
+    config = StepConfig(
+        n_models=n_models,
+        block_size=block,
+        n_blocks=n_blocks,
+        cap=cap,
+        truncate=truncate,
+        keep_ties=bool(keep_ties),
+        stat_cols=tuple(cols),
+        find_multimodal=bool(find_multimodal),
+        use_kde=bool(use_kde_for_stats),
+    )
+    dt = float_dtype()
+    params = StepParams(
+        keep_mass=jnp.asarray(keep_mass, dt),
+        keep_min=jnp.asarray(int(keep_min), jnp.int32),
+        edges=tuple(jnp.asarray(e, dt) for e in bins),
+    )
+    data = fitter.data if k_cand is not None else _padded_data(fitter.data, n_blocks, block)
+    configuration = {
+        "format": "jaxgrid.fit_batch/1",
+        "n_rows": int(X.shape[0]),
+        "grid": {
+            "n_models": n_models,
+            "observable_names": grid.observable_names,
+            "target_names": grid.target_names,
+            "digest": _digest(
+                grid.observables,
+                grid.targets,
+                np.zeros(0) if grid.weights is None else grid.weights,
+            ),
+        },
+        "catalog_digest": _digest(X, S, np.zeros(0) if U is None else U),
+        "likelihood": type(fitter.likelihood).__name__,
+        "likelihood_digest": _module_digest(fitter.likelihood),
+        "prior": type(fitter.prior).__name__,
+        "prior_digest": _module_digest(fitter.prior),
+        "use_standardised": fitter.use_standardised,
+        "standardiser": fitter.grid.standardiser.to_dict() if fitter.use_standardised else None,
+        "binner": None if binner is None else _binner_info(binner),
+        "stats_for": names,
+        "stats_bins": [b.tolist() for b in bins],
+        "find_multimodal": bool(find_multimodal),
+        "use_kde_for_stats": bool(use_kde_for_stats),
+        "return_pdf_for_stats": bool(return_pdf_for_stats),
+        "posterior_keep_mass": float(keep_mass),
+        "posterior_keep_min_candidates": int(keep_min),
+        "posterior_keep_max_candidates": None if keep_max is None else int(keep_max),
+        "posterior_keep_ties": bool(keep_ties),
+        "candidate_cap": cap,
+        "version": __import__("jaxgrid").__version__,
+    }
+    return BatchPlan(
+        X=X,
+        S=S,
+        U=U,
+        host_flags=host_flags,
+        stats_names=names,
+        stats_bins=bins,
+        config=config,
+        params=params,
+        data=data,
+        chunk_size=chunk_size,
+        keep={"keep_mass": float(keep_mass)},
+        return_pdf=bool(return_pdf_for_stats),
+        configuration=configuration,
+    )
+
+
+def _binner_info(binner) -> Any:
+    info = getattr(binner, "info", None)
+    try:
+        return json.loads(json.dumps(info() if callable(info) else type(binner).__name__))
+    except TypeError:
+        return type(binner).__name__
+
+
+# ---------------------------------------------------------------- execution
+class _Runner:
+    """Dispatches chunks to the device(s) and collects host results in order."""
+
+    def __init__(self, fitter, plan: BatchPlan, binner, n_jobs: int):
+        self.fitter, self.plan, self.binner = fitter, plan, binner
+        self.n_jobs = max(1, int(n_jobs) if n_jobs and int(n_jobs) > 0 else 1)
+        devices = jax.local_devices()
+        self.sharding = None
+        data = plan.data
+        if len(devices) > 1:
+            mesh = Mesh(np.asarray(devices), ("rows",))
+            self.sharding = NamedSharding(mesh, P("rows"))
+            data = jax.device_put(data, NamedSharding(mesh, P()))
+        self.data = data
+
+    def _prepare(self, rows: np.ndarray):
+        plan, c = self.plan, self.plan.chunk_size
+        n = rows.size
+        p = plan.X.shape[1]
+        dt = float_dtype()
+        x = np.full((c, p), np.nan)
+        s = np.full((c, p), np.nan)
+        x[:n], s[:n] = plan.X[rows], plan.S[rows]
+        upper = None
+        if plan.U is not None:
+            upper = np.zeros((c, p), bool)
+            upper[:n] = plan.U[rows]
+        valid = np.zeros(c, bool)
+        valid[:n] = True
+        cand = cmask = None
+        level = None
+        extra_flags = np.zeros(n, np.int32)
+        if self.binner is not None:
+            idx, mask, level = self.binner.batch_candidates(plan.X[rows], plan.S[rows])
+            idx, mask = np.asarray(idx), np.asarray(mask, bool)
+            k = plan.config.block_size
+            if idx.shape != (n, k) or mask.shape != (n, k):
+                raise ValueError(
+                    f"binner returned candidates of shape {idx.shape}, expected ({n}, {k})."
+                )
+            cand = np.zeros((c, k), np.int32)
+            cmask = np.zeros((c, k), bool)
+            cand[:n], cmask[:n] = idx, mask
+            fb = getattr(self.binner, "last_fallback_rows", None)
+            if fb is not None:
+                extra_flags |= np.where(np.asarray(fb)[:n], int(Status.FULL_GRID_FALLBACK), 0)
+        arrays = dict(
+            x=x.astype(dt), sigma=s.astype(dt), upper=upper, valid=valid, cand=cand, cand_mask=cmask
+        )
+        if self.sharding is not None:
+            arrays = {
+                k: None if v is None else jax.device_put(v, self.sharding)
+                for k, v in arrays.items()
+            }
+        else:
+            arrays = {k: None if v is None else jnp.asarray(v) for k, v in arrays.items()}
+        return Chunk(**arrays), level, extra_flags
+
+    def run(self, todo: np.ndarray) -> Iterator[dict[str, Any]]:
+        """Yield host results per chunk, in order, one chunk behind the device."""
+        plan, c = self.plan, self.plan.chunk_size
+        starts = range(0, todo.size, c)
+        pending: deque = deque()
+        with cf.ThreadPoolExecutor(max_workers=self.n_jobs) as pool:
+            futures = deque(pool.submit(self._prepare, todo[s : s + c]) for s in list(starts)[:2])
+            next_start = 2 * c
+            for s in starts:
+                rows = todo[s : s + c]
+                chunk, level, extra = futures.popleft().result()
+                if next_start < todo.size:
+                    futures.append(pool.submit(self._prepare, todo[next_start : next_start + c]))
+                    next_start += c
+                out = chunk_step(
+                    plan.config,
+                    self.data,
+                    self.fitter._likelihood_in_space,
+                    self.fitter.prior,
+                    plan.params,
+                    chunk,
+                )
+                pending.append((rows, level, extra, out))
+                if len(pending) > 1:
+                    yield self._collect(*pending.popleft())
+            while pending:
+                yield self._collect(*pending.popleft())
+
+    def _collect(self, rows, level, extra, out) -> dict[str, Any]:
+        n = rows.size
+        host = jax.device_get(out)
+        plan = self.plan
+        status = (np.asarray(host.status[:n]) | plan.host_flags[rows] | extra).astype(np.int32)
+        bad = (status & int(BAD_STATUS)) != 0
+        n_after = np.asarray(host.n_after[:n]).astype(np.int64)
+        cidx = np.asarray(host.cand_idx[:n]).astype(np.int64)
+        cw = np.asarray(host.cand_w[:n]).astype(np.float64)
+        res = {
+            "m": rows,
+            "status": status,
+            "bad": bad,
+            "level": np.full(n, -1 if level is None else int(level), np.int64),
+            "level_value": level,
+            "log_evidence": np.asarray(host.log_evidence[:n], np.float64),
+            "chi2_min": np.asarray(host.chi2_min[:n], np.float64),
+            "best": np.asarray(host.best[:n]).astype(np.int64),
+            "candidates": [cidx[i, : n_after[i]] for i in range(n)],
+            "post_models": [cw[i, : n_after[i]] for i in range(n)],
+            "candidate_idx": cidx,
+            "candidate_w": cw,
+            "n_before": np.asarray(host.n_before[:n]).astype(np.int64),
+            "n_after": n_after,
+            "keep_mass": np.full(n, plan.keep["keep_mass"]),
+            "cov": np.asarray(host.cov[:n], np.float64),
+            "pdf": [np.asarray(p[:n], np.float64) for p in host.pdf],
+        }
+        for f in ("mass_kept", "mass_dropped", "cut_weight", "ess_before", "ess_after"):
+            res[f] = np.asarray(getattr(host, f)[:n], np.float64)
+        for f in STAT_FIELDS:
+            arr = np.asarray(getattr(host, f)[:n])
+            res[f] = arr.astype(np.int32) if f == "nmodes" else arr.astype(np.float64)
+        return res
+
+
+def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, Any]]:
+    names = plan.stats_names
+    for i, m in enumerate(res["m"]):
+        d: dict[str, Any] = {
+            "m": int(m),
+            "level": res["level_value"],
+            "candidates": res["candidates"][i],
+            "post_models": res["post_models"][i],
+            "truncation": {
+                "n_before": int(res["n_before"][i]),
+                "n_after": int(res["n_after"][i]),
+                "keep_mass": float(res["keep_mass"][i]),
+                "mass_kept": float(res["mass_kept"][i]),
+                "mass_dropped": float(res["mass_dropped"][i]),
+                "cut_weight": float(res["cut_weight"][i]),
+                "ess_before": float(res["ess_before"][i]),
+                "ess_after": float(res["ess_after"][i]),
+            },
+            "log_evidence": float(res["log_evidence"][i]),
+            "chi2_min": float(res["chi2_min"][i]),
+            "best": int(res["best"][i]),
+            "status": int(res["status"][i]),
+        }
+        if names:
+            stats: dict[str, Any] = {
+                name: {
+                    f: (int(res[f][i, j]) if f == "nmodes" else float(res[f][i, j]))
+                    for f in STAT_FIELDS
+                }
+                for j, name in enumerate(names)
+            }
+            stats["cov"] = res["cov"][i]
+            d["stats"] = stats
+            if plan.return_pdf:
+                d["posts_target"] = {name: res["pdf"][j][i] for j, name in enumerate(names)}
+        yield d
+
+
+def _table(results: list[dict[str, Any]], plan: BatchPlan, ids: np.ndarray | None):
+    from astropy.table import Table
+
+    def cat(key):
+        return np.concatenate([r[key] for r in results]) if results else np.zeros(0)
+
+    t = Table()
+    m = cat("m").astype(np.int64)
+    t["m"] = m
+    if ids is not None:
+        t["id"] = np.asarray(ids)[m]
+    t["status"] = cat("status").astype(np.int32)
+    t["log_evidence"] = cat("log_evidence")
+    t["chi2_min"] = cat("chi2_min")
+    t["best"] = cat("best").astype(np.int64)
+    for j, name in enumerate(plan.stats_names):
+        for f in STAT_FIELDS:
+            t[f"{name}_{f}"] = (
+                np.concatenate([r[f][:, j] for r in results]) if results else np.zeros(0)
+            )
+    return t
+
+
+def fit_batch(
+    fitter,
+    X_native,
+    SIG_native,
+    binner=None,
+    n_jobs: int = 1,
+    backend: str = "thread",
+    stats_for: Sequence[str | int] | None = None,
+    stats_bins: Sequence[Any] | None = None,
+    find_multimodal: bool = False,
+    use_kde_for_stats: bool = False,
+    return_pdf_for_stats: bool = False,
+    verbose: bool = True,
+    posterior_keep_mass: float = 0.99,
+    posterior_keep_min_candidates: int = 128,
+    posterior_keep_max_candidates: int | None = None,
+    posterior_keep_ties: bool = False,
+    return_mode: str = "iter",
+    output_hdf5_path=None,
+    output_hdf5_group: str = "/fit_batch",
+    output_hdf5_overwrite: bool = False,
+    output_hdf5_compression: str | None = "gzip",
+    output_hdf5_compression_opts: int | None = 4,
+    output_hdf5_flush_every: int = 256,
+    output_hdf5_write_only: bool = False,
+    dry_run: bool = False,
+    *,
+    chunk_size: int | None = None,
+    resume: bool = False,
+    progress: bool | Callable[[int, int], None] | None = None,
+    upper_limits=None,
+    ids=None,
+    model_block_size: int | None = None,
+    memory_budget_bytes: int | None = None,
+):
+    """See `GridFitter.fit_batch` (this is its implementation)."""
+    if return_mode not in RETURN_MODES:
+        raise ValueError(f"`return_mode` must be one of {RETURN_MODES}, got {return_mode!r}.")
+    if backend not in ("thread", "threads", "threading", "loky", "process", "sequential"):
+        logger.info("fit_batch: backend=%r is accepted for compatibility and ignored.", backend)
+    if resume and output_hdf5_path is None:
+        raise ValueError("`resume=True` needs `output_hdf5_path` (the file to continue).")
+    if output_hdf5_write_only and output_hdf5_path is None:
+        raise ValueError("`output_hdf5_write_only=True` needs `output_hdf5_path`.")
+    plan = plan_batch(
+        fitter,
+        X_native,
+        SIG_native,
+        binner=binner,
+        stats_for=stats_for,
+        stats_bins=stats_bins,
+        find_multimodal=find_multimodal,
+        use_kde_for_stats=use_kde_for_stats,
+        return_pdf_for_stats=return_pdf_for_stats,
+        keep_mass=posterior_keep_mass,
+        keep_min=posterior_keep_min_candidates,
+        keep_max=posterior_keep_max_candidates,
+        keep_ties=posterior_keep_ties,
+        chunk_size=chunk_size,
+        upper_limits=upper_limits,
+        model_block_size=model_block_size,
+        memory_budget=memory_budget_bytes,
+    )
+    if ids is not None and len(ids) != plan.X.shape[0]:
+        raise ValueError(f"`ids` has {len(ids)} entries for {plan.X.shape[0]} rows.")
+    if output_hdf5_path is not None and not resume and not output_hdf5_overwrite:
+        import h5py
+
+        try:
+            with h5py.File(output_hdf5_path, "r") as f:
+                exists = output_hdf5_group in f
+        except (FileNotFoundError, OSError):
+            exists = False
+        if exists:
+            raise ValueError(
+                f"{output_hdf5_path} already has group {output_hdf5_group!r}; pass "
+                "output_hdf5_overwrite=True, resume=True, or another output_hdf5_group."
+            )
+    if dry_run:
+        logger.info(
+            "fit_batch dry run: %d rows, chunk %d, config %s",
+            plan.X.shape[0],
+            plan.chunk_size,
+            plan.config,
+        )
+        return [] if return_mode in ("list", "table") else iter(())
+
+    def chunks() -> Iterator[dict[str, Any]]:
+        writer = None
+        m = plan.X.shape[0]
+        todo = np.arange(m)
+        show = verbose if progress is None else bool(progress)
+        callback = progress if callable(progress) else None
+        try:
+            if output_hdf5_path is not None:
+                writer = GridFitHDF5Writer(
+                    output_hdf5_path,
+                    output_hdf5_group,
+                    m,
+                    plan.configuration,
+                    plan.stats_names,
+                    plan.stats_bins,
+                    plan.return_pdf,
+                    overwrite=output_hdf5_overwrite,
+                    resume=resume,
+                    compression=output_hdf5_compression,
+                    compression_opts=output_hdf5_compression_opts,
+                    flush_every=output_hdf5_flush_every,
+                )
+                if resume:
+                    todo = np.flatnonzero(writer.status() != 1)
+                    logger.info("fit_batch resume: %d of %d rows left.", todo.size, m)
+            bar = _progress_bar(todo.size, show and callback is None)
+            done = 0
+            t0 = time.perf_counter()
+            for res in _Runner(fitter, plan, binner, n_jobs).run(todo):
+                if writer is not None:
+                    writer.write(res["m"], res)
+                    writer.flush()
+                done += res["m"].size
+                if bar is not None:
+                    bar.update(res["m"].size)
+                if callback is not None:
+                    callback(done, todo.size)
+                yield res
+            if bar is not None:
+                bar.close()
+            dt = time.perf_counter() - t0
+            logger.info(
+                "fit_batch: %d rows in %.2f s (%.0f objects/s).",
+                done,
+                dt,
+                done / dt if dt > 0 else float("nan"),
+            )
+        finally:
+            if writer is not None:
+                writer.close()
+
+    if output_hdf5_write_only:
+        for _ in chunks():
+            pass
+        return [] if return_mode in ("list", "table") else iter(())
+    if return_mode == "chunks":
+        return _public_chunks(chunks(), plan)
+    if return_mode == "table":
+        return _table(list(chunks()), plan, ids)
+    objects = (d for res in chunks() for d in _object_dicts(res, plan))
+    return list(objects) if return_mode == "list" else objects
+
+
+def _public_chunks(it, plan) -> Iterator[dict[str, Any]]:
+    for res in it:
+        out = {k: v for k, v in res.items() if k not in ("bad", "level_value")}
+        out["stats_for"] = plan.stats_names
+        yield out
+
+
+def _progress_bar(total: int, show: bool):
+    if not show or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    # delay: runs shorter than ~2 s print nothing
+    return tqdm(total=total, unit="obj", desc="fit_batch", delay=2.0, smoothing=0.1)

@@ -1,0 +1,371 @@
+"""The chunk step: one jitted posterior-and-summary computation for a chunk of rows.
+
+``chunk_step(config, data, likelihood, prior, params, chunk) -> ChunkOutput`` is
+the only jit boundary of batch fitting. It is compiled once per static
+`StepConfig` (chunk size, candidate count, block layout, options) and reused
+for every chunk of a catalog of any length.
+
+Per row (vmapped), over the models — the whole grid in ``n_blocks`` blocks of
+``block_size`` (online log-sum-exp merge), or the row's candidate list:
+
+1. log weights ``lw_i = log L + log pi + log w``; ``chi2_i``;
+2. running ``log Z``, ``sum w^2`` (ESS), ``chi2_min``, and the top ``cap``
+   models (merged block by block with ``lax.top_k``);
+3. truncation: the fewest top models whose mass reaches ``keep_mass`` (at least
+   ``keep_min``, at most ``cap``; ties optional), renormalised;
+4. summaries of the kept models (or, with truncation off, of every model, via
+   mergeable partial sums): histogram stats per target, covariance, KDE.
+
+Nothing here touches the host; statuses are bit flags (`Status`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Bool, Float, Int
+
+from .fitter import GridData
+from .prob.posterior import log_posterior_terms
+from .summaries import Moments, hist_stats, kde_masses, merge_moments, moments
+
+__all__ = [
+    "Status",
+    "BAD_STATUS",
+    "StepConfig",
+    "StepParams",
+    "Chunk",
+    "ChunkOutput",
+    "chunk_step",
+    "trace_count",
+]
+
+
+class Status(enum.IntFlag):
+    """Per-row status bit flags (``0`` = ok). Rows with any of `BAD_STATUS` have NaN
+    summaries and no candidates; the other flags are warnings."""
+
+    OK = 0
+    NO_OBSERVABLES = 1  #: no band with a finite value and error
+    NO_CANDIDATES = 2  #: the preselection gave this row no candidate
+    ZERO_WEIGHT = 4  #: every model has zero posterior weight (log L + log prior = -inf)
+    KDE_FALLBACK = 8  #: KDE impossible (one effective sample): histogram used instead
+    MASS_CAP = 16  #: the candidate cap bound before keep_mass was reached
+    FULL_GRID_FALLBACK = 32  #: preselection failed for this row; the full grid was used
+    BAD_INPUT = 64  #: infinite values or negative errors were treated as missing bands
+    NO_MASS_IN_BINS = 128  #: a summarised target has no posterior mass inside its bins
+
+
+BAD_STATUS = Status.NO_OBSERVABLES | Status.NO_CANDIDATES | Status.ZERO_WEIGHT
+
+_TRACES = 0
+
+
+def trace_count() -> int:
+    """How many times `chunk_step` has been traced (compiled) in this process."""
+    return _TRACES
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static configuration: every field changes the compiled program.
+
+    ``cap`` is the static top-k size: the most candidates a row can keep
+    (``posterior_keep_max_candidates`` when given). ``block_size`` x
+    ``n_blocks`` covers the (padded) grid on the full-grid path; on the
+    candidate path the single block is the row's K candidates.
+    """
+
+    n_models: int
+    block_size: int
+    n_blocks: int
+    cap: int
+    truncate: bool
+    keep_ties: bool
+    stat_cols: tuple[int, ...]
+    find_multimodal: bool
+    use_kde: bool
+
+
+class StepParams(eqx.Module):
+    """Dynamic parameters (changing them does not recompile)."""
+
+    keep_mass: Array
+    keep_min: Array
+    edges: tuple[Array, ...]
+
+
+class Chunk(eqx.Module):
+    """One chunk of rows, padded to the chunk size (``valid`` marks real rows)."""
+
+    x: Float[Array, "rows obs"]
+    sigma: Float[Array, "rows obs"]
+    upper: Bool[Array, "rows obs"] | None
+    valid: Bool[Array, " rows"]
+    cand: Int[Array, "rows cand"] | None
+    cand_mask: Bool[Array, "rows cand"] | None
+
+
+class ChunkOutput(eqx.Module):
+    """Per-row results of a chunk (device arrays, leading axis = rows)."""
+
+    log_evidence: Array
+    chi2_min: Array
+    best: Array
+    status: Array
+    cand_idx: Array
+    cand_w: Array
+    n_before: Array
+    n_after: Array
+    mass_kept: Array
+    mass_dropped: Array
+    cut_weight: Array
+    ess_before: Array
+    ess_after: Array
+    mean: Array
+    std: Array
+    map: Array
+    median: Array
+    lo68: Array
+    hi68: Array
+    nmodes: Array
+    cov: Array
+    pdf: tuple[Array, ...]
+
+
+class _Acc(eqx.Module):
+    m: Array
+    W: Array
+    S2: Array
+    top_vals: Array
+    top_idx: Array
+    chi2_min: Array
+    n_valid: Array
+    stats: Moments | None
+
+
+def _empty_moments(dtype, config: StepConfig, params: StepParams) -> Moments:
+    d = len(config.stat_cols)
+    return Moments(
+        m=jnp.array(-jnp.inf, dtype),
+        W=jnp.zeros((), dtype),
+        S2=jnp.zeros((), dtype),
+        mu=jnp.zeros(d, dtype),
+        M=jnp.zeros((d, d), dtype),
+        hists=tuple(jnp.zeros(e.shape[0] - 1, dtype) for e in params.edges),
+    )
+
+
+def _row(
+    config: StepConfig,
+    data: GridData,
+    lik,
+    prior,
+    params: StepParams,
+    x,
+    sigma,
+    upper,
+    cand,
+    cand_mask,
+):
+    dtype = data.models.dtype
+    xs, ss = data.to_likelihood_space(x, sigma)
+    cols = jnp.asarray(config.stat_cols, dtype=jnp.int32)
+
+    def evaluate(models, native, targets, log_w, gidx, valid):
+        lw = log_posterior_terms(xs, ss, models, targets, lik, prior, None, upper, native, x)
+        lw = jnp.where(valid, lw + log_w, -jnp.inf)
+        chi2 = jnp.where(jnp.isfinite(lw), lik.chi2(xs, ss, models, upper), jnp.inf)
+        return lw, chi2
+
+    def absorb(acc: _Acc | None, lw, chi2, gidx, targets) -> _Acc:
+        m_b = jnp.max(lw)
+        if acc is None:
+            m = m_b
+        else:
+            m = jnp.maximum(acc.m, m_b)
+        ms = jnp.where(jnp.isfinite(m), m, 0.0)
+        w = jnp.where(jnp.isfinite(lw), jnp.exp(lw - ms), 0.0)
+        if acc is None:
+            vals, pos = lax.top_k(lw, config.cap)
+            idx = gidx[pos]
+            W, S2 = jnp.sum(w), jnp.sum(w * w)
+            chi2_min, n_valid = jnp.min(chi2), jnp.sum(jnp.isfinite(lw))
+        else:
+            scale = jnp.where(jnp.isfinite(acc.m), jnp.exp(acc.m - ms), 0.0)
+            vals, pos = lax.top_k(jnp.concatenate([acc.top_vals, lw]), config.cap)
+            idx = jnp.concatenate([acc.top_idx, gidx])[pos]
+            W = acc.W * scale + jnp.sum(w)
+            S2 = acc.S2 * scale**2 + jnp.sum(w * w)
+            chi2_min = jnp.minimum(acc.chi2_min, jnp.min(chi2))
+            n_valid = acc.n_valid + jnp.sum(jnp.isfinite(lw))
+        stats = None
+        if not config.truncate:
+            block = moments(lw, targets[:, cols], params.edges)
+            stats = block if acc is None else merge_moments(acc.stats, block)
+        return _Acc(m, W, S2, vals, idx, chi2_min, n_valid, stats)
+
+    if cand is not None:
+        safe = jnp.where(cand_mask, cand, 0)
+        lw, chi2 = evaluate(
+            data.models[safe],
+            data.models_native[safe],
+            data.targets[safe],
+            data.log_weights[safe],
+            safe,
+            cand_mask,
+        )
+        acc = absorb(None, lw, chi2, safe, data.targets[safe])
+    else:
+        B, nb = config.block_size, config.n_blocks
+
+        def blocks(a):
+            return a.reshape((nb, B) + a.shape[1:])
+
+        gidx_all = jnp.arange(nb * B, dtype=jnp.int32)
+        xs_blocks = (
+            blocks(data.models),
+            blocks(data.models_native),
+            blocks(data.targets),
+            blocks(data.log_weights),
+            blocks(gidx_all),
+        )
+
+        def one(acc, blk):
+            models, native, targets, log_w, gidx = blk
+            lw, chi2 = evaluate(models, native, targets, log_w, gidx, True)
+            return absorb(acc, lw, chi2, gidx, targets)
+
+        first = jax.tree_util.tree_map(lambda a: a[0], xs_blocks)
+        acc = one(None, first)
+        if nb > 1:
+            rest = jax.tree_util.tree_map(lambda a: a[1:], xs_blocks)
+            acc, _ = lax.scan(lambda c, b: (one(c, b), None), acc, rest)
+
+    return _finalise(config, data, params, acc, x, sigma, cand_mask, dtype, cols)
+
+
+def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, cols):
+    nan = jnp.array(jnp.nan, dtype)
+    has_mass = acc.W > 0
+    log_z = jnp.where(has_mass, acc.m + jnp.log(jnp.where(has_mass, acc.W, 1.0)), -jnp.inf)
+    shift = jnp.where(has_mass, log_z, 0.0)
+    w_top = jnp.where(jnp.isfinite(acc.top_vals) & has_mass, jnp.exp(acc.top_vals - shift), 0.0)
+    cum = jnp.cumsum(w_top)
+    pos = jnp.arange(config.cap)
+    n_valid = acc.n_valid.astype(jnp.int32)
+    cap_bound = jnp.array(False)
+    if config.truncate:
+        need = 1 + jnp.sum(cum < params.keep_mass).astype(jnp.int32)
+        n_keep = jnp.clip(jnp.maximum(need, params.keep_min), 1, config.cap)
+        n_keep = jnp.minimum(n_keep, n_valid)
+        if config.keep_ties:
+            thr = w_top[jnp.maximum(n_keep - 1, 0)]
+            n_keep = jnp.maximum(n_keep, jnp.sum((w_top >= thr) & (w_top > 0)).astype(jnp.int32))
+        cap_bound = (need > config.cap) & (n_valid > config.cap)
+    else:
+        n_keep = jnp.minimum(n_valid, config.cap)
+    keep = pos < n_keep
+    kept_w = jnp.where(keep, w_top, 0.0)
+    kept_sum = jnp.sum(kept_w)
+    post = kept_w / jnp.where(kept_sum > 0, kept_sum, 1.0)
+    ess_before = acc.W**2 / jnp.where(acc.S2 > 0, acc.S2, 1.0)
+    ess_after = 1.0 / jnp.where(jnp.sum(post**2) > 0, jnp.sum(post**2), 1.0)
+    if config.truncate:
+        mass_kept = kept_sum
+        cut_weight = w_top[jnp.maximum(n_keep - 1, 0)]
+        kept_lw = jnp.where(keep, acc.top_vals, -jnp.inf)
+        stats = moments(kept_lw, data.targets[acc.top_idx][:, cols], params.edges)
+    else:
+        mass_kept = jnp.array(1.0, dtype)
+        cut_weight = jnp.array(0.0, dtype)
+        ess_after = ess_before
+        stats = acc.stats
+
+    kde_failed = jnp.array(False)
+    per_target = []
+    for i, e in enumerate(params.edges):
+        mass = stats.hists[i]
+        if config.use_kde:
+            kept_t = data.targets[acc.top_idx][:, config.stat_cols[i]]
+            kmass, ok = kde_masses(kept_t, post, e)
+            mass = jnp.where(ok, kmass, mass)
+            kde_failed = kde_failed | ~ok
+        per_target.append(hist_stats(mass, e, config.find_multimodal))
+    no_mass = jnp.array(False)
+    for hs in per_target:
+        no_mass = no_mass | jnp.isnan(hs.mean)
+
+    d = len(config.stat_cols)
+    Ws = jnp.where(stats.W > 0, stats.W, 1.0)
+    s2n = stats.S2 / Ws**2
+    cov = (stats.M / Ws) / jnp.where(s2n < 1.0, 1.0 - s2n, jnp.nan)
+
+    usable = jnp.any(jnp.isfinite(x) & jnp.isfinite(sigma))
+    status = jnp.where(usable, 0, int(Status.NO_OBSERVABLES))
+    if cand_mask is not None:
+        status = status | jnp.where(jnp.any(cand_mask), 0, int(Status.NO_CANDIDATES))
+    status = status | jnp.where((status == 0) & ~has_mass, int(Status.ZERO_WEIGHT), 0)
+    status = status | jnp.where(cap_bound, int(Status.MASS_CAP), 0)
+    if config.use_kde:
+        status = status | jnp.where(kde_failed, int(Status.KDE_FALLBACK), 0)
+    bad = (status & int(BAD_STATUS)) != 0
+    status = status | jnp.where(no_mass & ~bad, int(Status.NO_MASS_IN_BINS), 0)
+
+    def clean(v):
+        return jnp.where(bad, jnp.full_like(v, jnp.nan), v)
+
+    def stack(name):
+        if d == 0:
+            return jnp.zeros(0, dtype)
+        return clean(jnp.stack([getattr(h, name) for h in per_target]))
+
+    nmodes = (
+        jnp.where(bad, -1, jnp.stack([h.nmodes for h in per_target]))
+        if d
+        else jnp.zeros(0, jnp.int32)
+    )
+    return ChunkOutput(
+        log_evidence=jnp.where(bad, -jnp.inf, log_z),
+        chi2_min=jnp.where(bad, nan, acc.chi2_min),
+        best=jnp.where(bad, -1, acc.top_idx[0]),
+        status=status.astype(jnp.int32),
+        cand_idx=jnp.where(keep & ~bad, acc.top_idx, -1),
+        cand_w=jnp.where(keep & ~bad, post, 0.0),
+        n_before=jnp.where(bad, 0, n_valid),
+        n_after=jnp.where(bad, 0, n_keep),
+        mass_kept=clean(mass_kept),
+        mass_dropped=clean(1.0 - mass_kept),
+        cut_weight=clean(cut_weight),
+        ess_before=clean(ess_before),
+        ess_after=clean(ess_after),
+        mean=stack("mean"),
+        std=stack("std"),
+        map=stack("map"),
+        median=stack("median"),
+        lo68=stack("lo68"),
+        hi68=stack("hi68"),
+        nmodes=nmodes,
+        cov=clean(cov),
+        pdf=tuple(clean(h.density) for h in per_target),
+    )
+
+
+@eqx.filter_jit
+def chunk_step(
+    config: StepConfig, data: GridData, likelihood, prior, params: StepParams, chunk: Chunk
+) -> ChunkOutput:
+    """Posterior and summaries for every row of ``chunk`` (see module docs)."""
+    global _TRACES
+    _TRACES += 1  # runs at trace time only: counts compilations
+
+    def row(x, sigma, upper, cand, cand_mask):
+        return _row(config, data, likelihood, prior, params, x, sigma, upper, cand, cand_mask)
+
+    # Optional fields are None (empty pytrees), which vmap passes through.
+    return jax.vmap(row)(chunk.x, chunk.sigma, chunk.upper, chunk.cand, chunk.cand_mask)
