@@ -21,8 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from ._checks import float_dtype
 from .engine import BAD_STATUS, Chunk, Status, StepConfig, StepParams, chunk_step
@@ -355,14 +353,12 @@ class _Runner:
     def __init__(self, fitter, plan: BatchPlan, binner, n_jobs: int):
         self.fitter, self.plan, self.binner = fitter, plan, binner
         self.n_jobs = max(1, int(n_jobs) if n_jobs and int(n_jobs) > 0 else 1)
-        devices = jax.local_devices()
-        self.sharding = None
-        data = plan.data
-        if len(devices) > 1:
-            mesh = Mesh(np.asarray(devices), ("rows",))
-            self.sharding = NamedSharding(mesh, P("rows"))
-            data = jax.device_put(data, NamedSharding(mesh, P()))
-        self.data = data
+        # Data parallelism over local devices: each device gets an equal slice of
+        # the chunk and runs the *same* single-device program, so results are
+        # bitwise identical to a one-device run (GSPMD sharding would partition
+        # the program differently and change float rounding).
+        self.devices = jax.local_devices()
+        self.datas = [jax.device_put(plan.data, d) for d in self.devices]
 
     def _prepare(self, rows: np.ndarray):
         plan, c = self.plan, self.plan.chunk_size
@@ -398,14 +394,17 @@ class _Runner:
         arrays = dict(
             x=x.astype(dt), sigma=s.astype(dt), upper=upper, valid=valid, cand=cand, cand_mask=cmask
         )
-        if self.sharding is not None:
-            arrays = {
-                k: None if v is None else jax.device_put(v, self.sharding)
-                for k, v in arrays.items()
-            }
-        else:
-            arrays = {k: None if v is None else jnp.asarray(v) for k, v in arrays.items()}
-        return Chunk(**arrays), level, extra_flags
+        per = c // len(self.devices)
+        parts = [
+            Chunk(
+                **{
+                    k: None if v is None else jax.device_put(v[i * per : (i + 1) * per], dev)
+                    for k, v in arrays.items()
+                }
+            )
+            for i, dev in enumerate(self.devices)
+        ]
+        return parts, level, extra_flags
 
     def run(self, todo: np.ndarray) -> Iterator[dict[str, Any]]:
         """Yield host results per chunk, in order, one chunk behind the device."""
@@ -417,27 +416,32 @@ class _Runner:
             next_start = 2 * c
             for s in starts:
                 rows = todo[s : s + c]
-                chunk, level, extra = futures.popleft().result()
+                parts, level, extra = futures.popleft().result()
                 if next_start < todo.size:
                     futures.append(pool.submit(self._prepare, todo[next_start : next_start + c]))
                     next_start += c
-                out = chunk_step(
-                    plan.config,
-                    self.data,
-                    self.fitter._likelihood_in_space,
-                    self.fitter.prior,
-                    plan.params,
-                    chunk,
-                )
-                pending.append((rows, level, extra, out))
+                # asynchronous dispatch: the devices run concurrently
+                outs = [
+                    chunk_step(
+                        plan.config,
+                        data,
+                        self.fitter._likelihood_in_space,
+                        self.fitter.prior,
+                        plan.params,
+                        part,
+                    )
+                    for data, part in zip(self.datas, parts, strict=True)
+                ]
+                pending.append((rows, level, extra, outs))
                 if len(pending) > 1:
                     yield self._collect(*pending.popleft())
             while pending:
                 yield self._collect(*pending.popleft())
 
-    def _collect(self, rows, level, extra, out) -> dict[str, Any]:
+    def _collect(self, rows, level, extra, outs) -> dict[str, Any]:
         n = rows.size
-        host = jax.device_get(out)
+        parts = jax.device_get(outs)
+        host = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
         plan = self.plan
         status = (np.asarray(host.status[:n]) | plan.host_flags[rows] | extra).astype(np.int32)
         bad = (status & int(BAD_STATUS)) != 0

@@ -60,7 +60,6 @@ def test_full_grid_matches_reference_x64(x64, rng, keep_mass, keep_min, keep_max
             find_multimodal=True,
         )
         assert_row_matches(r, want, ["t0", "t2"], (0, 2))
-        ok = np.isfinite(x)
         assert r["chi2_min"] == pytest.approx(chi2_reference(grid, x, s).min(), rel=1e-9)
         assert r["status"] == 0
         assert r["truncation"]["keep_mass"] == keep_mass

@@ -151,8 +151,9 @@ class GridFitHDF5Writer:
             if return_pdf:
                 dset(f"stats/{name}/posts_target", (m, len(edges) - 1), np.float64, np.nan)
         d = len(self.stats_targets)
-        g.create_dataset("stats/cov/keys", data=np.array(self.stats_targets, dtype="S"))
-        dset("stats/cov/cov", (m, d, d), np.float64, np.nan)
+        if d:
+            g.create_dataset("stats/cov/keys", data=np.array(self.stats_targets, dtype="S"))
+            dset("stats/cov/cov", (m, d, d), np.float64, np.nan)
         dset("log_evidence", (m,), np.float64, np.nan)
         dset("chi2_min", (m,), np.float64, np.nan)
         dset("best", (m,), np.int64, -1)
@@ -178,8 +179,9 @@ class GridFitHDF5Writer:
         for i, (c, w) in enumerate(zip(res["candidates"], res["post_models"], strict=True)):
             cands[i] = np.asarray(c, dtype=np.int64)
             posts[i] = np.asarray(w, dtype=np.float64)
-        g["candidates/candidates"][sel] = cands
-        g["candidates/post_models"][sel] = posts
+        # write_direct: h5py's __setitem__ mis-broadcasts equal-length vlen rows
+        g["candidates/candidates"].write_direct(cands, dest_sel=np.s_[sel])
+        g["candidates/post_models"].write_direct(posts, dest_sel=np.s_[sel])
         for j, name in enumerate(self.stats_targets):
             for f in STAT_FIELDS:
                 g[f"stats/{name}/{f}"][sel] = res[f][:, j]

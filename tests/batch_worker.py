@@ -1,0 +1,63 @@
+"""Runs fit_batch in a child process for the kill/resume and multi-device tests.
+
+usage: python batch_worker.py write OUT.h5 [resume] [sleep]
+       python batch_worker.py dump OUT.npz
+"""
+
+import sys
+import time
+
+import numpy as np
+
+
+def problem():
+    from jaxgrid import GridFitter, ModelGrid
+    from jaxgrid.prob import GaussianPrior1D
+
+    rng = np.random.default_rng(2024)
+    n, p = 4000, 4
+    obs = rng.normal(20, 1.5, (n, p))
+    tgt = np.column_stack([rng.uniform(0, 10, n), rng.uniform(0, 3, n)])
+    grid = ModelGrid(obs, tgt, ["u", "g", "r", "i"], ["logM", "z"])
+    fitter = GridFitter(grid, prior=GaussianPrior1D("z", 1.0, 1.0))
+    m = 400
+    X = obs[rng.integers(0, n, m)] + rng.normal(0, 0.3, (m, p))
+    S = np.full_like(X, 0.3)
+    X[10] = np.nan  # a flagged row: status -1 in the file, recomputed on resume
+    X[50, 2] = np.nan
+    return fitter, X, S
+
+
+KW = dict(stats_for=["logM", "z"], stats_bins=[np.linspace(0, 10, 31), np.linspace(0, 3, 16)],
+          return_pdf_for_stats=True, find_multimodal=True, posterior_keep_mass=0.95,
+          posterior_keep_min_candidates=8, chunk_size=16)
+
+
+def main():
+    mode, path = sys.argv[1], sys.argv[2]
+    fitter, X, S = problem()
+    if mode == "write":
+        resume = "resume" in sys.argv[3:]
+        sleep = 0.15 if "sleep" in sys.argv[3:] else 0.0
+
+        def progress(done, total):
+            print(f"done {done}", flush=True)
+            time.sleep(sleep)
+
+        fitter.fit_batch(X, S, output_hdf5_path=path, output_hdf5_write_only=True, resume=resume,
+                         progress=progress, output_hdf5_flush_every=16, **KW)
+        print("finished", flush=True)
+    elif mode == "dump":
+        import jax
+
+        chunks = list(fitter.fit_batch(X, S, return_mode="chunks", verbose=False, **KW))
+        out = {"n_devices": jax.local_device_count()}
+        for key in ("log_evidence", "chi2_min", "best", "status", "candidate_idx", "candidate_w",
+                    "mean", "std", "median", "lo68", "hi68", "map", "nmodes", "cov", "mass_kept",
+                    "ess_before", "ess_after", "n_after"):
+            out[key] = np.concatenate([c[key] for c in chunks])
+        np.savez(path, **out)
+
+
+if __name__ == "__main__":
+    main()
