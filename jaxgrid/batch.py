@@ -50,6 +50,7 @@ RESERVED_KEYS = frozenset(
     }
 )
 DEFAULT_CAP = 1024
+FAST_K = 128  # first-try top-k size (XLA's CPU top-k cost grows steeply with k)
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes of per-chunk temporaries on the CPU
 _BYTES_PER_PAIR = 32  # float32 temporaries per (row, model) pair in the step, generous
 
@@ -280,6 +281,7 @@ def plan_batch(
         stat_cols=tuple(cols),
         find_multimodal=bool(find_multimodal),
         use_kde=bool(use_kde_for_stats),
+        fast_k=cap if (keep_ties or not truncate) else min(cap, max(int(keep_min), FAST_K)),
     )
     dt = float_dtype()
     params = StepParams(

@@ -28,9 +28,15 @@ def problem():
     return fitter, X, S
 
 
-KW = dict(stats_for=["logM", "z"], stats_bins=[np.linspace(0, 10, 31), np.linspace(0, 3, 16)],
-          return_pdf_for_stats=True, find_multimodal=True, posterior_keep_mass=0.95,
-          posterior_keep_min_candidates=8, chunk_size=16)
+KW = dict(
+    stats_for=["logM", "z"],
+    stats_bins=[np.linspace(0, 10, 31), np.linspace(0, 3, 16)],
+    return_pdf_for_stats=True,
+    find_multimodal=True,
+    posterior_keep_mass=0.95,
+    posterior_keep_min_candidates=8,
+    chunk_size=16,
+)
 
 
 def main():
@@ -44,17 +50,42 @@ def main():
             print(f"done {done}", flush=True)
             time.sleep(sleep)
 
-        fitter.fit_batch(X, S, output_hdf5_path=path, output_hdf5_write_only=True, resume=resume,
-                         progress=progress, output_hdf5_flush_every=16, **KW)
+        fitter.fit_batch(
+            X,
+            S,
+            output_hdf5_path=path,
+            output_hdf5_write_only=True,
+            resume=resume,
+            progress=progress,
+            output_hdf5_flush_every=16,
+            **KW,
+        )
         print("finished", flush=True)
     elif mode == "dump":
         import jax
 
         chunks = list(fitter.fit_batch(X, S, return_mode="chunks", verbose=False, **KW))
         out = {"n_devices": jax.local_device_count()}
-        for key in ("log_evidence", "chi2_min", "best", "status", "candidate_idx", "candidate_w",
-                    "mean", "std", "median", "lo68", "hi68", "map", "nmodes", "cov", "mass_kept",
-                    "ess_before", "ess_after", "n_after"):
+        for key in (
+            "log_evidence",
+            "chi2_min",
+            "best",
+            "status",
+            "candidate_idx",
+            "candidate_w",
+            "mean",
+            "std",
+            "median",
+            "lo68",
+            "hi68",
+            "map",
+            "nmodes",
+            "cov",
+            "mass_kept",
+            "ess_before",
+            "ess_after",
+            "n_after",
+        ):
             out[key] = np.concatenate([c[key] for c in chunks])
         np.savez(path, **out)
 

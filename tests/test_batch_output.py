@@ -31,9 +31,18 @@ def setup(rng):
 def test_hdf5_layout_and_contents_match_returned_results(setup, tmp_path):
     fitter, X, S = setup
     path = tmp_path / "fit.h5"
-    res = fitter.fit_batch(X, S, stats_for=["t0", "t1"], stats_bins=EDGES, return_mode="list",
-                           verbose=False, chunk_size=8, return_pdf_for_stats=True,
-                           output_hdf5_path=path, output_hdf5_group="/run1")
+    res = fitter.fit_batch(
+        X,
+        S,
+        stats_for=["t0", "t1"],
+        stats_bins=EDGES,
+        return_mode="list",
+        verbose=False,
+        chunk_size=8,
+        return_pdf_for_stats=True,
+        output_hdf5_path=path,
+        output_hdf5_group="/run1",
+    )
     f = read_fit_results(path, "/run1")
     assert f["configuration"]["stats_for"] == ["t0", "t1"]
     np.testing.assert_array_equal(f["index/m"], np.arange(30))
@@ -51,7 +60,9 @@ def test_hdf5_layout_and_contents_match_returned_results(setup, tmp_path):
         for name in ("t0", "t1"):
             for k in ("mean", "std", "map", "median", "lo68", "hi68", "nmodes"):
                 np.testing.assert_array_equal(f[f"stats/{name}/{k}"][i], r["stats"][name][k])
-            np.testing.assert_array_equal(f[f"stats/{name}/posts_target"][i], r["posts_target"][name])
+            np.testing.assert_array_equal(
+                f[f"stats/{name}/posts_target"][i], r["posts_target"][name]
+            )
         np.testing.assert_array_equal(f["stats/cov/cov"][i], r["stats"]["cov"])
     np.testing.assert_array_equal(f["stats/t1/bins"], EDGES[1])
     assert [k.decode() for k in f["stats/cov/keys"]] == ["t0", "t1"]
@@ -73,8 +84,14 @@ def test_existing_group_needs_overwrite(setup, tmp_path):
 
 def test_write_only_yields_nothing(setup, tmp_path):
     fitter, X, S = setup
-    out = fitter.fit_batch(X, S, verbose=False, output_hdf5_path=tmp_path / "a.h5",
-                           output_hdf5_write_only=True, return_mode="list")
+    out = fitter.fit_batch(
+        X,
+        S,
+        verbose=False,
+        output_hdf5_path=tmp_path / "a.h5",
+        output_hdf5_write_only=True,
+        return_mode="list",
+    )
     assert out == []
     with h5py.File(tmp_path / "a.h5") as f:
         assert (f["fit_batch/index/status"][...] != 0).all()
@@ -85,25 +102,42 @@ def test_resume_with_different_configuration_is_refused(setup, tmp_path):
     path = tmp_path / "fit.h5"
     fitter.fit_batch(X, S, verbose=False, output_hdf5_path=path, output_hdf5_write_only=True)
     with pytest.raises(ValueError, match="different configuration"):
-        fitter.fit_batch(X, S, verbose=False, output_hdf5_path=path, resume=True,
-                         output_hdf5_write_only=True, posterior_keep_mass=0.5)
+        fitter.fit_batch(
+            X,
+            S,
+            verbose=False,
+            output_hdf5_path=path,
+            resume=True,
+            output_hdf5_write_only=True,
+            posterior_keep_mass=0.5,
+        )
     X2 = X.copy()
     X2[0, 0] += 1
     with pytest.raises(ValueError, match="different configuration"):
-        fitter.fit_batch(X2, S, verbose=False, output_hdf5_path=path, resume=True,
-                         output_hdf5_write_only=True)
+        fitter.fit_batch(
+            X2, S, verbose=False, output_hdf5_path=path, resume=True, output_hdf5_write_only=True
+        )
 
 
 def test_resume_computes_only_unwritten_rows(setup, tmp_path):
     fitter, X, S = setup
     path = tmp_path / "fit.h5"
-    fitter.fit_batch(X, S, verbose=False, output_hdf5_path=path, output_hdf5_write_only=True,
-                     chunk_size=8)
+    fitter.fit_batch(
+        X, S, verbose=False, output_hdf5_path=path, output_hdf5_write_only=True, chunk_size=8
+    )
     with h5py.File(path, "a") as f:
         f["fit_batch/index/status"][10:20] = 0
     done = []
-    res = fitter.fit_batch(X, S, verbose=False, output_hdf5_path=path, resume=True,
-                           return_mode="list", chunk_size=8, progress=lambda d, t: done.append(t))
+    res = fitter.fit_batch(
+        X,
+        S,
+        verbose=False,
+        output_hdf5_path=path,
+        resume=True,
+        return_mode="list",
+        chunk_size=8,
+        progress=lambda d, t: done.append(t),
+    )
     # rows 10..19 and the flagged row 4 (status -1) are recomputed
     assert [r["m"] for r in res] == [4] + list(range(10, 20)) and done[-1] == 11
 
@@ -160,8 +194,13 @@ def test_two_devices_give_identical_results(tmp_path):
     for n_dev in (1, 2):
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_dev}"
         out = tmp_path / f"dev{n_dev}.npz"
-        subprocess.run([sys.executable, str(HERE / "batch_worker.py"), "dump", str(out)],
-                       check=True, env=env, capture_output=True, timeout=300)
+        subprocess.run(
+            [sys.executable, str(HERE / "batch_worker.py"), "dump", str(out)],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
         outs[n_dev] = np.load(out)
     assert int(outs[1]["n_devices"]) == 1 and int(outs[2]["n_devices"]) == 2
     for key in set(outs[1].files) - {"n_devices"}:
@@ -189,17 +228,30 @@ def test_standalone_writer(tmp_path):
     path = tmp_path / "w.h5"
     with GridFitHDF5Writer(path, "/g", 5, {"a": 1}, ["t"], [np.linspace(0, 1, 3)]) as w:
         res = {
-            "level": np.array([3, 3]), "n_before": np.array([10, 10]), "n_after": np.array([2, 1]),
-            "mass_kept": np.array([0.9, 1.0]), "mass_dropped": np.array([0.1, 0.0]),
-            "cut_weight": np.array([0.1, 1.0]), "ess_before": np.array([2.0, 1.0]),
-            "ess_after": np.array([1.5, 1.0]), "candidates": [np.array([4, 2]), np.array([7])],
+            "level": np.array([3, 3]),
+            "n_before": np.array([10, 10]),
+            "n_after": np.array([2, 1]),
+            "mass_kept": np.array([0.9, 1.0]),
+            "mass_dropped": np.array([0.1, 0.0]),
+            "cut_weight": np.array([0.1, 1.0]),
+            "ess_before": np.array([2.0, 1.0]),
+            "ess_after": np.array([1.5, 1.0]),
+            "candidates": [np.array([4, 2]), np.array([7])],
             "post_models": [np.array([0.6, 0.4]), np.array([1.0])],
-            "mean": np.array([[0.5], [0.2]]), "std": np.array([[0.1], [0.0]]),
-            "map": np.array([[0.25], [0.25]]), "median": np.array([[0.5], [0.2]]),
-            "lo68": np.array([[0.3], [0.1]]), "hi68": np.array([[0.7], [0.3]]),
-            "nmodes": np.array([[1], [1]]), "cov": np.zeros((2, 1, 1)), "pdf": [np.zeros((2, 2))],
-            "log_evidence": np.array([-1.0, -2.0]), "chi2_min": np.array([0.5, 0.1]),
-            "best": np.array([4, 7]), "status": np.array([0, 0]), "bad": np.array([False, False]),
+            "mean": np.array([[0.5], [0.2]]),
+            "std": np.array([[0.1], [0.0]]),
+            "map": np.array([[0.25], [0.25]]),
+            "median": np.array([[0.5], [0.2]]),
+            "lo68": np.array([[0.3], [0.1]]),
+            "hi68": np.array([[0.7], [0.3]]),
+            "nmodes": np.array([[1], [1]]),
+            "cov": np.zeros((2, 1, 1)),
+            "pdf": [np.zeros((2, 2))],
+            "log_evidence": np.array([-1.0, -2.0]),
+            "chi2_min": np.array([0.5, 0.1]),
+            "best": np.array([4, 7]),
+            "status": np.array([0, 0]),
+            "bad": np.array([False, False]),
         }
         w.write(np.array([1, 3]), res)
         w.mark_failed(np.array([4]), 1)

@@ -56,8 +56,9 @@ def test_no_candidates_and_zero_weight(rng):
     grid0 = make_grid(rng, n=100, p=3, q=1)
     w = np.ones(100)
     w[:50] = 0.0
-    grid = ModelGrid(grid0.observables, grid0.targets, grid0.observable_names,
-                     grid0.target_names, weights=w)
+    grid = ModelGrid(
+        grid0.observables, grid0.targets, grid0.observable_names, grid0.target_names, weights=w
+    )
     fitter = GridFitter(grid)
     X = np.asarray(grid.observables, np.float64)[:4] + 0.01
     S = np.full_like(X, 0.2)
@@ -92,8 +93,14 @@ def test_full_grid_fallback_flag_from_binner(setup):
 
 def test_mass_cap_is_reported_honestly(setup):
     grid, fitter, X, S = setup
-    res = _fit(fitter, X, S * 20, posterior_keep_mass=0.99, posterior_keep_max_candidates=5,
-               posterior_keep_min_candidates=1)
+    res = _fit(
+        fitter,
+        X,
+        S * 20,
+        posterior_keep_mass=0.99,
+        posterior_keep_max_candidates=5,
+        posterior_keep_min_candidates=1,
+    )
     r = res[0]
     assert r["status"] == Status.MASS_CAP
     assert r["truncation"]["n_after"] == 5 and r["truncation"]["mass_kept"] < 0.99
@@ -103,8 +110,13 @@ def test_mass_cap_is_reported_honestly(setup):
 def test_kde_fallback_on_one_candidate(setup):
     grid, fitter, X, S = setup
     exact = np.asarray(grid.observables, np.float64)[:2]
-    res = _fit(fitter, exact, np.full_like(exact, 1e-4), use_kde_for_stats=True,
-               posterior_keep_min_candidates=1)
+    res = _fit(
+        fitter,
+        exact,
+        np.full_like(exact, 1e-4),
+        use_kde_for_stats=True,
+        posterior_keep_min_candidates=1,
+    )
     assert res[0]["status"] == Status.KDE_FALLBACK
     assert res[0]["truncation"]["n_after"] == 1
     t = float(np.asarray(grid.targets)[0, 0])
@@ -128,8 +140,11 @@ def test_status_enum_is_documented():
     "kwargs,exc,msg",
     [
         ({"return_mode": "dict"}, ValueError, "`return_mode` must be one of"),
-        ({"stats_for": ["t0", "t1"], "stats_bins": [np.linspace(0, 1, 5)]}, ValueError,
-         "one edge array per target"),
+        (
+            {"stats_for": ["t0", "t1"], "stats_bins": [np.linspace(0, 1, 5)]},
+            ValueError,
+            "one edge array per target",
+        ),
         ({"stats_for": ["t0"], "stats_bins": [[0, 2, 1]]}, ValueError, "strictly increasing"),
         ({"stats_bins": [np.linspace(0, 1, 5)]}, ValueError, "without `stats_for`"),
         ({"stats_for": ["mass"]}, KeyError, "known targets"),
@@ -159,8 +174,9 @@ def test_shape_errors(setup):
 def test_target_name_colliding_with_result_key(rng):
     grid = ModelGrid(rng.normal(size=(20, 2)), rng.normal(size=(20, 2)), ["a", "b"], ["cov", "z"])
     with pytest.raises(ValueError, match="collide with result keys"):
-        GridFitter(grid).fit_batch(np.zeros((1, 2)), np.ones((1, 2)), stats_for=["cov"],
-                                   verbose=False)
+        GridFitter(grid).fit_batch(
+            np.zeros((1, 2)), np.ones((1, 2)), stats_for=["cov"], verbose=False
+        )
 
 
 def test_invalid_mode_touches_no_file(setup, tmp_path):
@@ -187,6 +203,13 @@ def test_dry_run_computes_nothing(setup, tmp_path):
 def test_n_jobs_and_backend_never_fail(setup):
     grid, fitter, X, S = setup
     for n_jobs, backend in [(4, "thread"), (-1, "loky"), (None, "whatever")]:
-        res = fitter.fit_batch(X, S, n_jobs=n_jobs, backend=backend, verbose=False,
-                               binner=BruteForceKNN(grid, 20), return_mode="list")
+        res = fitter.fit_batch(
+            X,
+            S,
+            n_jobs=n_jobs,
+            backend=backend,
+            verbose=False,
+            binner=BruteForceKNN(grid, 20),
+            return_mode="list",
+        )
         assert len(res) == 12

@@ -69,13 +69,20 @@ class AbstractLikelihood(eqx.Module):
     ) -> Float[Array, " cand"]:
         """Log-likelihood of one row against each model (``-inf``: row unusable)."""
 
-    def chi2(self, x, sigma, models, upper=None) -> Float[Array, " cand"]:
-        """Goodness of fit per model, reported as ``chi2_min`` by the batch fitter.
+    def log_likelihood_and_chi2(
+        self, x, sigma, models, upper=None
+    ) -> tuple[Float[Array, " cand"], Float[Array, " cand"]]:
+        """``(log L, chi2)`` per model; ``chi2`` is reported as ``chi2_min`` by the batch fitter.
 
-        Default: ``-2 log L``. Gaussian likelihoods override it with the plain
-        ``sum_j ((m_ij - x_j) / h_j)^2`` over the row's usable, non-limit bands.
+        Default ``chi2 = -2 log L``. Gaussian likelihoods return the plain
+        ``sum_j ((m_ij - x_j) / h_j)^2`` over the row's usable, non-limit bands,
+        computed in the same pass as ``log L``.
         """
-        return -2.0 * self.log_likelihood(x, sigma, models, upper)
+        ll = self.log_likelihood(x, sigma, models, upper)
+        return ll, -2.0 * ll
+
+    def chi2(self, x, sigma, models, upper=None) -> Float[Array, " cand"]:
+        return self.log_likelihood_and_chi2(x, sigma, models, upper)[1]
 
     def to_standardised(self, mean: np.ndarray, std: np.ndarray) -> AbstractLikelihood:
         """This likelihood with native-unit parameters mapped to z-scored units."""
@@ -85,7 +92,7 @@ class AbstractLikelihood(eqx.Module):
         return self.log_likelihood(x, sigma, models, upper)
 
 
-def _gaussian_terms(
+def _gaussian_sums(
     x: Float[Array, " obs"],
     sigma: Float[Array, " obs"],
     models: Float[Array, "cand obs"],
@@ -93,29 +100,30 @@ def _gaussian_terms(
     floor: Array,
     scale: Array,
     limit_kind: str,
-) -> tuple[Float[Array, "cand obs"], Bool[Array, " obs"]]:
-    """Per-(model, observable) log terms, zero where unusable; and the usable mask."""
+) -> tuple[Float[Array, " cand"], Float[Array, " cand"], Array]:
+    """``(log L (Nc,), chi2 (Nc,), any usable band)`` of one row.
+
+    The loop runs over the (few) bands, so every operation is an (Nc,)-vector
+    op that XLA fuses into one pass over the models; under ``vmap`` the model
+    columns are shared by all rows. Residuals are evaluated directly — exact
+    at high S/N, no matrix-product expansion.
+    """
     h = jnp.maximum(scale * sigma, floor)
     usable = jnp.isfinite(x) & jnp.isfinite(h) & (h > 0)
+    gauss = usable if upper is None else usable & ~upper
     # Safe stand-ins keep masked entries (and their gradients) free of NaN.
     xs = jnp.where(usable, x, 0.0)
     hs = jnp.where(usable, h, 1.0)
-    r = (models - xs) / hs  # direct residuals: exact at high S/N, no matmul expansion
-    terms = -0.5 * (jnp.log(2.0 * jnp.pi * hs**2) + r**2)
-    if upper is not None:
-        sign = 1.0 if limit_kind == "flux" else -1.0
-        limit_terms = log_ndtr(-sign * r)
-        terms = jnp.where(upper, limit_terms, terms)
-    return jnp.where(usable, terms, 0.0), usable
-
-
-def _chi2_terms(x, sigma, models, upper, floor, scale) -> Float[Array, " cand"]:
-    h = jnp.maximum(scale * sigma, floor)
-    usable = jnp.isfinite(x) & jnp.isfinite(h) & (h > 0)
-    if upper is not None:
-        usable = usable & ~upper
-    r = (models - jnp.where(usable, x, 0.0)) / jnp.where(usable, h, 1.0)
-    return jnp.sum(jnp.where(usable, r**2, 0.0), axis=-1)
+    const = -0.5 * jnp.sum(jnp.where(gauss, jnp.log(2.0 * jnp.pi * hs**2), 0.0))
+    sign = 1.0 if limit_kind == "flux" else -1.0
+    chi2 = jnp.zeros(models.shape[0], dtype=models.dtype)
+    limits = jnp.zeros(models.shape[0], dtype=models.dtype)
+    for j in range(models.shape[1]):
+        r = (models[:, j] - xs[j]) / hs[j]
+        chi2 = chi2 + jnp.where(gauss[j], r * r, 0.0)
+        if upper is not None:
+            limits = limits + jnp.where(upper[j] & usable[j], log_ndtr(-sign * r), 0.0)
+    return const - 0.5 * chi2 + limits, chi2, jnp.any(usable)
 
 
 class GaussianProductLikelihood(AbstractLikelihood):
@@ -142,14 +150,14 @@ class GaussianProductLikelihood(AbstractLikelihood):
         self.scale = scalar_param(scale, "scale", owner, positive=True)
         self.limit_kind = _check_limit_kind(limit_kind, owner)
 
-    def log_likelihood(self, x, sigma, models, upper=None):
-        terms, usable = _gaussian_terms(
+    def log_likelihood_and_chi2(self, x, sigma, models, upper=None):
+        ll, chi2, any_usable = _gaussian_sums(
             x, sigma, models, upper, self.bandwidth_floor, self.scale, self.limit_kind
         )
-        return jnp.where(jnp.any(usable), jnp.sum(terms, axis=-1), -jnp.inf)
+        return jnp.where(any_usable, ll, -jnp.inf), chi2
 
-    def chi2(self, x, sigma, models, upper=None):
-        return _chi2_terms(x, sigma, models, upper, self.bandwidth_floor, self.scale)
+    def log_likelihood(self, x, sigma, models, upper=None):
+        return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
 
 
 class CensoredSizeLikelihood(AbstractLikelihood):
@@ -195,12 +203,12 @@ class CensoredSizeLikelihood(AbstractLikelihood):
         i = self.size_index
         return eqx.tree_at(lambda s: s.s_min, self, (self.s_min - mean[i]) / std[i])
 
-    def log_likelihood(self, x, sigma, models, upper=None):
-        phot = jnp.asarray(self.phot_indices, dtype=jnp.int32)
-        up = None if upper is None else upper[phot]
-        terms, usable = _gaussian_terms(
-            x[phot],
-            sigma[phot],
+    def log_likelihood_and_chi2(self, x, sigma, models, upper=None):
+        phot = list(self.phot_indices)
+        up = None if upper is None else upper[jnp.asarray(phot)]
+        ll, chi2, any_usable = _gaussian_sums(
+            x[jnp.asarray(phot)],
+            sigma[jnp.asarray(phot)],
             models[:, phot],
             up,
             self.bandwidth_floor,
@@ -211,15 +219,10 @@ class CensoredSizeLikelihood(AbstractLikelihood):
         size_ok = jnp.isfinite(h) & (h > 0)
         hs = jnp.where(size_ok, h, 1.0)
         censor = jnp.where(size_ok, log_ndtr((self.s_min - models[:, self.size_index]) / hs), 0.0)
-        total = jnp.sum(terms, axis=-1) + censor
-        return jnp.where(jnp.any(usable) | size_ok, total, -jnp.inf)
+        return jnp.where(any_usable | size_ok, ll + censor, -jnp.inf), chi2
 
-    def chi2(self, x, sigma, models, upper=None):
-        phot = jnp.asarray(self.phot_indices, dtype=jnp.int32)
-        up = None if upper is None else upper[phot]
-        return _chi2_terms(
-            x[phot], sigma[phot], models[:, phot], up, self.bandwidth_floor, self.scale
-        )
+    def log_likelihood(self, x, sigma, models, upper=None):
+        return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
 
 
 class CompositeLikelihood(AbstractLikelihood):
@@ -241,14 +244,12 @@ class CompositeLikelihood(AbstractLikelihood):
     def to_standardised(self, mean, std):
         return CompositeLikelihood([t.to_standardised(mean, std) for t in self.terms])
 
-    def chi2(self, x, sigma, models, upper=None):
-        total = self.terms[0].chi2(x, sigma, models, upper)
+    def log_likelihood_and_chi2(self, x, sigma, models, upper=None):
+        ll, chi2 = self.terms[0].log_likelihood_and_chi2(x, sigma, models, upper)
         for t in self.terms[1:]:
-            total = total + t.chi2(x, sigma, models, upper)
-        return total
+            ll_t, chi2_t = t.log_likelihood_and_chi2(x, sigma, models, upper)
+            ll, chi2 = ll + ll_t, chi2 + chi2_t
+        return ll, chi2
 
     def log_likelihood(self, x, sigma, models, upper=None):
-        total = self.terms[0].log_likelihood(x, sigma, models, upper)
-        for t in self.terms[1:]:
-            total = total + t.log_likelihood(x, sigma, models, upper)
-        return total
+        return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
