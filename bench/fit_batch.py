@@ -38,7 +38,7 @@ def make_problem(n, p, q, m, seed=0):
 def numpy_fit(obs, tgt, X, S, cols, edges, keep_mass=0.99, keep_min=128, cap=1024):
     """Straightforward per-object NumPy implementation (float32, like jaxgrid's default)."""
     out = []
-    for x, s in zip(X, S):
+    for x, s in zip(X, S, strict=True):
         chi2 = np.sum(((obs - x) / s) ** 2, axis=1)
         lw = -0.5 * chi2 - np.sum(np.log(np.sqrt(2 * np.pi) * s))
         mx = lw.max()
@@ -53,7 +53,7 @@ def numpy_fit(obs, tgt, X, S, cols, edges, keep_mass=0.99, keep_min=128, cap=102
         kept = top[:n_keep]
         wk = w[kept] / w[kept].sum()
         stats = []
-        for c, e in zip(cols, edges):
+        for c, e in zip(cols, edges, strict=True):
             mass, _ = np.histogram(tgt[kept, c], bins=e, weights=wk)
             p = mass / mass.sum()
             cen = 0.5 * (e[1:] + e[:-1])

@@ -459,8 +459,6 @@ class _Runner:
             "log_evidence": np.asarray(host.log_evidence[:n], np.float64),
             "chi2_min": np.asarray(host.chi2_min[:n], np.float64),
             "best": np.asarray(host.best[:n]).astype(np.int64),
-            "candidates": [cidx[i, : n_after[i]] for i in range(n)],
-            "post_models": [cw[i, : n_after[i]] for i in range(n)],
             "candidate_idx": cidx,
             "candidate_w": cw,
             "n_before": np.asarray(host.n_before[:n]).astype(np.int64),
@@ -483,8 +481,8 @@ def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, An
         d: dict[str, Any] = {
             "m": int(m),
             "level": res["level_value"],
-            "candidates": res["candidates"][i],
-            "post_models": res["post_models"][i],
+            "candidates": res["candidate_idx"][i, : res["n_after"][i]],
+            "post_models": res["candidate_w"][i, : res["n_after"][i]],
             "truncation": {
                 "n_before": int(res["n_before"][i]),
                 "n_after": int(res["n_after"][i]),

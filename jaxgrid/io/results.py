@@ -166,7 +166,9 @@ class GridFitHDF5Writer:
 
     def write(self, rows: np.ndarray, res: dict[str, Any]) -> None:
         """Store results for catalog ``rows`` (sorted ints). ``res`` holds host arrays
-        keyed like the per-chunk results of ``fit_batch(return_mode="chunks")``."""
+        keyed like the per-chunk results of ``fit_batch(return_mode="chunks")``:
+        candidate lists come as ``candidate_idx``/``candidate_w`` (rows, cap), of
+        which the first ``n_after`` entries per row are kept."""
         g = self._g
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
@@ -176,9 +178,9 @@ class GridFitHDF5Writer:
             g[f"truncation/{f}"][sel] = res[f]
         cands = np.empty(rows.size, dtype=object)
         posts = np.empty(rows.size, dtype=object)
-        for i, (c, w) in enumerate(zip(res["candidates"], res["post_models"], strict=True)):
-            cands[i] = np.asarray(c, dtype=np.int64)
-            posts[i] = np.asarray(w, dtype=np.float64)
+        for i, k in enumerate(res["n_after"]):
+            cands[i] = np.asarray(res["candidate_idx"][i, :k], dtype=np.int64)
+            posts[i] = np.asarray(res["candidate_w"][i, :k], dtype=np.float64)
         # write_direct: h5py's __setitem__ mis-broadcasts equal-length vlen rows
         g["candidates/candidates"].write_direct(cands, dest_sel=np.s_[sel])
         g["candidates/post_models"].write_direct(posts, dest_sel=np.s_[sel])
