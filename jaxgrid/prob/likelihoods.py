@@ -118,8 +118,9 @@ def _gaussian_sums(
     sign = 1.0 if limit_kind == "flux" else -1.0
     chi2 = jnp.zeros(models.shape[0], dtype=models.dtype)
     limits = jnp.zeros(models.shape[0], dtype=models.dtype)
+    inv_h = 1.0 / hs  # multiply, not divide, in the (models,) loop
     for j in range(models.shape[1]):
-        r = (models[:, j] - xs[j]) / hs[j]
+        r = (models[:, j] - xs[j]) * inv_h[j]
         chi2 = chi2 + jnp.where(gauss[j], r * r, 0.0)
         if upper is not None:
             limits = limits + jnp.where(upper[j] & usable[j], log_ndtr(-sign * r), 0.0)
