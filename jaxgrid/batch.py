@@ -653,8 +653,7 @@ def fit_batch(
             t0 = time.perf_counter()
             for res in _Runner(fitter, plan, binner, n_jobs).run(todo):
                 if writer is not None:
-                    writer.write(res["m"], res)
-                    writer.flush()
+                    writer.write(res["m"], res)  # flushes every output_hdf5_flush_every rows
                 done += res["m"].size
                 if bar is not None:
                     bar.update(res["m"].size)

@@ -1,4 +1,4 @@
-"""Host-side file I/O: grid files (FITS, HDF5, pickle)."""
+"""Host-side file I/O: grid files (FITS, HDF5, pickle) and batch-fit result files."""
 
 from .grid_files import load_auto as load_auto
 from .grid_files import read_fits as read_fits
@@ -7,3 +7,5 @@ from .grid_files import read_pickle as read_pickle
 from .grid_files import write_fits as write_fits
 from .grid_files import write_hdf5 as write_hdf5
 from .grid_files import write_pickle as write_pickle
+from .results import GridFitHDF5Writer as GridFitHDF5Writer
+from .results import read_fit_results as read_fit_results
