@@ -67,6 +67,7 @@ class BatchPlan:
     stats_names: list[str]
     stats_bins: list[np.ndarray]
     config: StepConfig
+    full_config: StepConfig | None  # full-grid fallback for rows a binner cannot serve
     params: StepParams
     data: GridData
     chunk_size: int
@@ -201,6 +202,7 @@ def plan_batch(
     upper_limits,
     model_block_size,
     memory_budget,
+    fallback_to_full_grid=True,
 ) -> BatchPlan:
     grid = fitter.grid
     p = grid.n_observables
@@ -259,22 +261,18 @@ def plan_batch(
         raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
     chunk_size = -(-chunk_size // n_dev) * n_dev  # a multiple of the device count
 
-    if k_cand is not None:
-        block, n_blocks = k_cand, 1
+    # Full-grid layout (also used for rows a binner cannot serve).
+    if model_block_size is None:
+        block = max(cap, budget // max(chunk_size * _BYTES_PER_PAIR, 1))
     else:
-        if model_block_size is None:
-            block = max(cap, budget // max(chunk_size * _BYTES_PER_PAIR, 1))
-        else:
-            block = int(model_block_size)
-            if block < 1:
-                raise ValueError(f"`model_block_size` must be >= 1, got {block}.")
-            block = max(block, cap)
-        block = min(block, n_models)
-        n_blocks = -(-n_models // block)
-    config = StepConfig(
+        block = int(model_block_size)
+        if block < 1:
+            raise ValueError(f"`model_block_size` must be >= 1, got {block}.")
+        block = max(block, cap)
+    block = min(block, n_models)
+    n_blocks = -(-n_models // block)
+    common = dict(
         n_models=n_models,
-        block_size=block,
-        n_blocks=n_blocks,
         cap=cap,
         truncate=truncate,
         keep_ties=bool(keep_ties),
@@ -283,6 +281,11 @@ def plan_batch(
         use_kde=bool(use_kde_for_stats),
         fast_k=cap if (keep_ties or not truncate) else min(cap, max(int(keep_min), FAST_K)),
     )
+    full_config = StepConfig(block_size=block, n_blocks=n_blocks, **common)
+    if k_cand is None:
+        config = full_config
+    else:
+        config = StepConfig(block_size=k_cand, n_blocks=1, **common)
     dt = float_dtype()
     params = StepParams(
         keep_mass=jnp.asarray(keep_mass, dt),
@@ -290,6 +293,8 @@ def plan_batch(
         edges=tuple(jnp.asarray(e, dt) for e in bins),
     )
     data = fitter.data if k_cand is not None else _padded_data(fitter.data, n_blocks, block)
+    if k_cand is not None and not fallback_to_full_grid:
+        full_config = None
     configuration = {
         "format": "jaxgrid.fit_batch/1",
         "n_rows": int(X.shape[0]),
@@ -321,6 +326,7 @@ def plan_batch(
         "posterior_keep_max_candidates": None if keep_max is None else int(keep_max),
         "posterior_keep_ties": bool(keep_ties),
         "candidate_cap": cap,
+        "fallback_to_full_grid": bool(fallback_to_full_grid),
         "version": __import__("jaxgrid").__version__,
     }
     return BatchPlan(
@@ -331,6 +337,7 @@ def plan_batch(
         stats_names=names,
         stats_bins=bins,
         config=config,
+        full_config=full_config,
         params=params,
         data=data,
         chunk_size=chunk_size,
@@ -361,6 +368,41 @@ class _Runner:
         # the program differently and change float rounding).
         self.devices = jax.local_devices()
         self.datas = [jax.device_put(plan.data, d) for d in self.devices]
+        self._full_datas = None  # the padded full grid, built on first fallback
+
+    def _split(self, arrays: dict[str, Any]) -> list[Chunk]:
+        """Equal row slices of the chunk arrays, one per device."""
+        per = self.plan.chunk_size // len(self.devices)
+        return [
+            Chunk(
+                **{
+                    k: None if v is None else jax.device_put(v[i * per : (i + 1) * per], dev)
+                    for k, v in arrays.items()
+                }
+            )
+            for i, dev in enumerate(self.devices)
+        ]
+
+    def _dispatch(self, config: StepConfig, datas, parts: list[Chunk]):
+        # asynchronous dispatch: the devices run concurrently
+        return [
+            chunk_step(
+                config,
+                data,
+                self.fitter._likelihood_in_space,
+                self.fitter.prior,
+                self.plan.params,
+                part,
+            )
+            for data, part in zip(datas, parts, strict=True)
+        ]
+
+    def _full_grid_datas(self):
+        if self._full_datas is None:
+            fc = self.plan.full_config
+            padded = _padded_data(self.fitter.data, fc.n_blocks, fc.block_size)
+            self._full_datas = [jax.device_put(padded, d) for d in self.devices]
+        return self._full_datas
 
     def _prepare(self, rows: np.ndarray):
         plan, c = self.plan, self.plan.chunk_size
@@ -391,22 +433,32 @@ class _Runner:
             cmask = np.zeros((c, k), bool)
             cand[:n], cmask[:n] = idx, mask
             fb = getattr(self.binner, "last_fallback_rows", None)
+            fallback = ~mask.any(axis=1)
             if fb is not None:
-                extra_flags |= np.where(np.asarray(fb)[:n], int(Status.FULL_GRID_FALLBACK), 0)
+                fallback |= np.asarray(fb, bool)[:n]
+            cmask[:n][fallback] = False
         arrays = dict(
             x=x.astype(dt), sigma=s.astype(dt), upper=upper, valid=valid, cand=cand, cand_mask=cmask
         )
-        per = c // len(self.devices)
-        parts = [
-            Chunk(
-                **{
-                    k: None if v is None else jax.device_put(v[i * per : (i + 1) * per], dev)
-                    for k, v in arrays.items()
-                }
+        fb_rows = fb_parts = None
+        if self.binner is not None and plan.full_config is not None and fallback.any():
+            # rows the binner could not serve: the whole grid, in a chunk of their own
+            fb_rows = np.flatnonzero(fallback)
+            extra_flags[fb_rows] |= int(Status.FULL_GRID_FALLBACK)
+            take = np.zeros(c, np.int64)
+            take[: fb_rows.size] = fb_rows
+            fvalid = np.arange(c) < fb_rows.size
+            fb_parts = self._split(
+                dict(
+                    x=np.where(fvalid[:, None], x[take], np.nan).astype(dt),
+                    sigma=np.where(fvalid[:, None], s[take], np.nan).astype(dt),
+                    upper=None if upper is None else upper[take] & fvalid[:, None],
+                    valid=fvalid,
+                    cand=None,
+                    cand_mask=None,
+                )
             )
-            for i, dev in enumerate(self.devices)
-        ]
-        return parts, level, extra_flags
+        return self._split(arrays), level, extra_flags, (fb_rows, fb_parts)
 
     def run(self, todo: np.ndarray) -> Iterator[dict[str, Any]]:
         """Yield host results per chunk, in order, one chunk behind the device."""
@@ -418,32 +470,38 @@ class _Runner:
             next_start = 2 * c
             for s in starts:
                 rows = todo[s : s + c]
-                parts, level, extra = futures.popleft().result()
+                parts, level, extra, (fb_rows, fb_parts) = futures.popleft().result()
                 if next_start < todo.size:
                     futures.append(pool.submit(self._prepare, todo[next_start : next_start + c]))
                     next_start += c
-                # asynchronous dispatch: the devices run concurrently
-                outs = [
-                    chunk_step(
-                        plan.config,
-                        data,
-                        self.fitter._likelihood_in_space,
-                        self.fitter.prior,
-                        plan.params,
-                        part,
+                outs = self._dispatch(plan.config, self.datas, parts)
+                fb = None
+                if fb_rows is not None:
+                    fb = (
+                        fb_rows,
+                        self._dispatch(plan.full_config, self._full_grid_datas(), fb_parts),
                     )
-                    for data, part in zip(self.datas, parts, strict=True)
-                ]
-                pending.append((rows, level, extra, outs))
+                pending.append((rows, level, extra, outs, fb))
                 if len(pending) > 1:
                     yield self._collect(*pending.popleft())
             while pending:
                 yield self._collect(*pending.popleft())
 
-    def _collect(self, rows, level, extra, outs) -> dict[str, Any]:
+    def _collect(self, rows, level, extra, outs, fb) -> dict[str, Any]:
         n = rows.size
-        parts = jax.device_get(outs)
-        host = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+        host = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *jax.device_get(outs))
+        level_rows = np.full(n, -1 if level is None else int(level), np.int64)
+        if fb is not None:
+            fb_rows, fb_outs = fb
+            full = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *jax.device_get(fb_outs))
+
+            def splice(a, b):
+                a = np.array(a)
+                a[fb_rows] = b[: fb_rows.size]
+                return a
+
+            host = jax.tree_util.tree_map(splice, host, full)
+            level_rows[fb_rows] = -1
         plan = self.plan
         status = (np.asarray(host.status[:n]) | plan.host_flags[rows] | extra).astype(np.int32)
         bad = (status & int(BAD_STATUS)) != 0
@@ -454,8 +512,7 @@ class _Runner:
             "m": rows,
             "status": status,
             "bad": bad,
-            "level": np.full(n, -1 if level is None else int(level), np.int64),
-            "level_value": level,
+            "level": level_rows,
             "log_evidence": np.asarray(host.log_evidence[:n], np.float64),
             "chi2_min": np.asarray(host.chi2_min[:n], np.float64),
             "best": np.asarray(host.best[:n]).astype(np.int64),
@@ -480,7 +537,7 @@ def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, An
     for i, m in enumerate(res["m"]):
         d: dict[str, Any] = {
             "m": int(m),
-            "level": res["level_value"],
+            "level": None if res["level"][i] < 0 else int(res["level"][i]),
             "candidates": res["candidate_idx"][i, : res["n_after"][i]],
             "post_models": res["candidate_w"][i, : res["n_after"][i]],
             "truncation": {
@@ -570,6 +627,7 @@ def fit_batch(
     ids=None,
     model_block_size: int | None = None,
     memory_budget_bytes: int | None = None,
+    fallback_to_full_grid: bool = True,
 ):
     """See `GridFitter.fit_batch` (this is its implementation)."""
     if return_mode not in RETURN_MODES:
@@ -598,6 +656,7 @@ def fit_batch(
         upper_limits=upper_limits,
         model_block_size=model_block_size,
         memory_budget=memory_budget_bytes,
+        fallback_to_full_grid=fallback_to_full_grid,
     )
     if ids is not None and len(ids) != plan.X.shape[0]:
         raise ValueError(f"`ids` has {len(ids)} entries for {plan.X.shape[0]} rows.")
@@ -687,7 +746,7 @@ def fit_batch(
 
 def _public_chunks(it, plan) -> Iterator[dict[str, Any]]:
     for res in it:
-        out = {k: v for k, v in res.items() if k not in ("bad", "level_value")}
+        out = {k: v for k, v in res.items() if k != "bad"}
         out["stats_for"] = plan.stats_names
         yield out
 

@@ -260,9 +260,12 @@ class GridFitter:
                 native units. NaN marks a missing band; infinite values or
                 negative errors are treated as missing and flagged
                 (``Status.BAD_INPUT``).
-            binner: optional candidate preselector (``batch_candidates(Y, SIG)
-                -> (idx (M, K), mask (M, K), level)`` and ``n_candidates = K``);
-                None fits every row against the whole grid.
+            binner: optional candidate preselector following the binner
+                protocol of ``jaxgrid.binning`` (e.g. `KDTreeBinner`); None
+                fits every row against the whole grid. Rows the binner cannot
+                serve (no candidate, or flagged by it) are fitted against the
+                full grid and flagged ``Status.FULL_GRID_FALLBACK`` — or, with
+                ``fallback_to_full_grid=False``, flagged ``NO_CANDIDATES``.
             n_jobs: host threads preparing chunks (candidate queries) ahead of
                 the device. backend: accepted for BESTA compatibility; only
                 threads are used.

@@ -71,10 +71,17 @@ def test_no_candidates_and_zero_weight(rng):
             mask[2] = False  # row 2 gets none
             return idx, mask, 10
 
-    res = _fit(fitter, X, S, binner=Selector(grid, 10))
+    res = _fit(fitter, X, S, binner=Selector(grid, 10), fallback_to_full_grid=False)
     _assert_bad(res[0], Status.ZERO_WEIGHT)
     assert res[1]["status"] == 0 and set(res[1]["candidates"]) <= set(range(60, 70))
     _assert_bad(res[2], Status.NO_CANDIDATES)
+    # by default a row without candidates is fitted on the whole grid, and says so
+    # (the fallback keeps the candidate path's cap, here K = 10)
+    res = _fit(fitter, X, S, binner=Selector(grid, 10))
+    full = _fit(fitter, X, S, posterior_keep_max_candidates=10)
+    assert res[2]["status"] == Status.FULL_GRID_FALLBACK and res[2]["level"] is None
+    np.testing.assert_array_equal(res[2]["candidates"], full[2]["candidates"])
+    assert res[2]["stats"]["t0"] == full[2]["stats"]["t0"]
 
 
 def test_full_grid_fallback_flag_from_binner(setup):
@@ -86,9 +93,14 @@ def test_full_grid_fallback_flag_from_binner(setup):
             self.last_fallback_rows = np.arange(len(Y)) == 0
             return out
 
-    res = _fit(fitter, X, S, binner=Fallback(grid, 50))
+    res = _fit(fitter, X, S, binner=Fallback(grid, 50), posterior_keep_max_candidates=50)
+    full = _fit(fitter, X, S, posterior_keep_max_candidates=50)
     assert res[0]["status"] == Status.FULL_GRID_FALLBACK and res[1]["status"] == 0
     assert res[8]["status"] == Status.FULL_GRID_FALLBACK  # first row of the second chunk
+    for i in (0, 8):  # fallback rows carry the full-grid results
+        np.testing.assert_array_equal(res[i]["candidates"], full[i]["candidates"])
+        np.testing.assert_array_equal(res[i]["post_models"], full[i]["post_models"])
+        assert res[i]["log_evidence"] == full[i]["log_evidence"]
 
 
 def test_mass_cap_is_reported_honestly(setup):
