@@ -570,27 +570,10 @@ def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, An
         yield d
 
 
-def _table(results: list[dict[str, Any]], plan: BatchPlan, ids: np.ndarray | None):
-    from astropy.table import Table
+def _table(results: list[dict[str, Any]], plan: BatchPlan, ids, units):
+    from .io.export import results_to_table
 
-    def cat(key):
-        return np.concatenate([r[key] for r in results]) if results else np.zeros(0)
-
-    t = Table()
-    m = cat("m").astype(np.int64)
-    t["m"] = m
-    if ids is not None:
-        t["id"] = np.asarray(ids)[m]
-    t["status"] = cat("status").astype(np.int32)
-    t["log_evidence"] = cat("log_evidence")
-    t["chi2_min"] = cat("chi2_min")
-    t["best"] = cat("best").astype(np.int64)
-    for j, name in enumerate(plan.stats_names):
-        for f in STAT_FIELDS:
-            t[f"{name}_{f}"] = (
-                np.concatenate([r[f][:, j] for r in results]) if results else np.zeros(0)
-            )
-    return t
+    return results_to_table(results, plan.stats_names, ids=ids, units=units)
 
 
 def fit_batch(
@@ -739,7 +722,8 @@ def fit_batch(
     if return_mode == "chunks":
         return _public_chunks(chunks(), plan)
     if return_mode == "table":
-        return _table(list(chunks()), plan, ids)
+        units = fitter.grid.meta.get("units") if isinstance(fitter.grid.meta, dict) else None
+        return _table(list(chunks()), plan, ids, units if isinstance(units, dict) else None)
     objects = (d for res in chunks() for d in _object_dicts(res, plan))
     return list(objects) if return_mode == "list" else objects
 

@@ -14,7 +14,14 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["LinearStandardiser"]
+__all__ = [
+    "LinearStandardiser",
+    "AB_ZERO_POINTS",
+    "mag_to_flux",
+    "flux_to_mag",
+    "magerr_to_fluxerr",
+    "fluxerr_to_magerr",
+]
 
 
 class LinearStandardiser:
@@ -150,3 +157,61 @@ class LinearStandardiser:
         like = np.asarray(like)
         dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64
         return arr.astype(dtype)
+
+
+# ------------------------------------------------------ magnitudes and fluxes
+#: AB zero points per flux unit: m_AB = ZP - 2.5 log10(f / unit). 3631 Jy is
+#: m_AB = 0 (Oke & Gunn 1983), so ZP = 2.5 log10(3631 Jy / unit).
+AB_ZERO_POINTS = {
+    "Jy": 2.5 * np.log10(3631.0),
+    "mJy": 2.5 * np.log10(3631.0e3),
+    "uJy": 2.5 * np.log10(3631.0e6),
+    "nJy": 2.5 * np.log10(3631.0e9),
+    "maggies": 0.0,
+}
+_POGSON = 2.5 / np.log(10.0)  # d(mag) / d(ln flux)
+
+
+def _zero_point(unit: str, zero_point: float | None) -> float:
+    if zero_point is not None:
+        return float(zero_point)
+    if unit not in AB_ZERO_POINTS:
+        raise ValueError(
+            f"unknown flux unit {unit!r}; use one of {list(AB_ZERO_POINTS)} or give zero_point."
+        )
+    return AB_ZERO_POINTS[unit]
+
+
+def _xp(a: Any):
+    return jax.numpy if isinstance(a, jax.Array) else np
+
+
+def mag_to_flux(mag: Any, unit: str = "nJy", zero_point: float | None = None) -> Any:
+    """AB magnitude -> flux in ``unit`` (``"Jy"``, ``"mJy"``, ``"uJy"``, ``"nJy"``,
+    ``"maggies"``) or for any ``zero_point``: ``f = 10^(-0.4 (m - ZP))``."""
+    xp = _xp(mag)
+    return 10.0 ** (-0.4 * (xp.asarray(mag) - _zero_point(unit, zero_point)))
+
+
+def flux_to_mag(flux: Any, unit: str = "nJy", zero_point: float | None = None) -> Any:
+    """Flux -> AB magnitude, ``m = ZP - 2.5 log10 f``; NaN for ``f <= 0``."""
+    xp = _xp(flux)
+    f = xp.asarray(flux)
+    pos = f > 0
+    return xp.where(
+        pos, _zero_point(unit, zero_point) - 2.5 * xp.log10(xp.where(pos, f, 1.0)), xp.nan
+    )
+
+
+def magerr_to_fluxerr(
+    mag: Any, magerr: Any, unit: str = "nJy", zero_point: float | None = None
+) -> Any:
+    """First-order error propagation: ``sigma_f = f sigma_m / 1.0857``."""
+    return mag_to_flux(mag, unit, zero_point) * magerr / _POGSON
+
+
+def fluxerr_to_magerr(flux: Any, fluxerr: Any) -> Any:
+    """First-order error propagation: ``sigma_m = 1.0857 sigma_f / f`` (NaN for f <= 0)."""
+    xp = _xp(flux)
+    f = xp.asarray(flux)
+    return xp.where(f > 0, _POGSON * fluxerr / xp.where(f > 0, f, 1.0), xp.nan)

@@ -1,5 +1,12 @@
 """Host-side file I/O: grid files (FITS, HDF5, pickle) and batch-fit result files."""
 
+from .catalog import Catalog as Catalog
+from .catalog import SentinelPolicy as SentinelPolicy
+from .catalog import ValueFlag as ValueFlag
+from .catalog import read_catalog as read_catalog
+from .export import results_to_table as results_to_table
+from .export import to_qp as to_qp
+from .export import write_results as write_results
 from .grid_files import load_auto as load_auto
 from .grid_files import read_fits as read_fits
 from .grid_files import read_hdf5 as read_hdf5

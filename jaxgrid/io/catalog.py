@@ -1,0 +1,262 @@
+"""Reading catalogs as astronomers store them: `read_catalog` and the sentinel policy.
+
+A catalog becomes ``X`` (M, P) values, ``SIG`` (M, P) 1-sigma errors, ``ids``,
+per-value ``flags`` (`ValueFlag`) and ``upper`` (M, P) upper-limit flags, in
+the column order of the observables asked for (or of the grid's).
+
+Sentinels (`SentinelPolicy`, defaults follow the common photo-z convention,
+e.g. LSST DESC / BPZ catalogs):
+
+* NaN, inf or a masked value -> missing (``ValueFlag.MISSING``);
+* ``-99`` -> not observed (``ValueFlag.UNOBSERVED``), missing;
+* ``99`` -> non-detection: the error column holds the 1-sigma limiting
+  magnitude. With ``nondetection="upper_limit"`` (default) the value becomes
+  that limit, flagged in ``upper``, with error ``nondetection_sigma``
+  (default 2.5/ln 10 = 1.0857 mag, the magnitude error of a 1-sigma
+  detection); with ``"missing"`` the band is dropped (``ValueFlag.NONDETECTION``);
+* an error that is NaN, inf or <= 0 with a finite value -> missing
+  (``ValueFlag.BAD_ERROR``).
+
+Missing values come out as NaN in both ``X`` and ``SIG``, which the
+likelihoods leave out of the fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["ValueFlag", "SentinelPolicy", "Catalog", "read_catalog"]
+
+
+class ValueFlag(enum.IntEnum):
+    """What happened to each catalog value."""
+
+    OK = 0
+    MISSING = 1  #: NaN, inf or masked
+    UNOBSERVED = 2  #: the "not observed" sentinel (-99)
+    NONDETECTION = 3  #: the non-detection sentinel (99): upper limit or dropped
+    BAD_ERROR = 4  #: error NaN, inf or <= 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SentinelPolicy:
+    """How catalog conventions map to missing values and upper limits (see module docs)."""
+
+    nondetection_value: float | None = 99.0
+    unobserved_value: float | None = -99.0
+    nondetection: str = "upper_limit"
+    nondetection_sigma: float = 2.5 / np.log(10.0)
+    tolerance: float = 1e-6
+
+    def __post_init__(self):
+        if self.nondetection not in ("upper_limit", "missing"):
+            raise ValueError("SentinelPolicy: `nondetection` must be 'upper_limit' or 'missing'.")
+        if not self.nondetection_sigma > 0:
+            raise ValueError("SentinelPolicy: `nondetection_sigma` must be positive.")
+
+
+class Catalog(NamedTuple):
+    """Arrays of a catalog, ready for ``fit_batch(X, SIG, upper_limits=upper)``."""
+
+    X: np.ndarray
+    SIG: np.ndarray
+    ids: np.ndarray | None
+    flags: np.ndarray
+    upper: np.ndarray
+    observable_names: list[str]
+
+
+def _column_map(spec: Any, what: str) -> dict[str, str]:
+    if isinstance(spec, str):
+        raise TypeError(f"`{what}` must be a list of column names or a dict, not one string.")
+    if isinstance(spec, Mapping):
+        return {str(k): str(v) for k, v in spec.items()}
+    return {str(c): str(c) for c in spec}
+
+
+def _open_source(source: Any, hdf5_group: str | None, hdu: int | str):
+    """A ``{name: column}`` view of the source, its length, and its column names."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"read_catalog: no such file {path}.")
+        name = path.name.lower()
+        if name.endswith((".fits", ".fit", ".fts", ".fits.gz")):
+            from astropy.table import Table
+
+            return _open_source(Table.read(path, hdu=hdu), hdf5_group, hdu)
+        if name.endswith((".h5", ".hdf5")):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                group = f[hdf5_group] if hdf5_group else f
+                if hdf5_group and hdf5_group not in f:
+                    raise KeyError(f"read_catalog: {path} has no group {hdf5_group!r}.")
+                cols = {k: group[k][...] for k in group if isinstance(group[k], h5py.Dataset)}
+            if not cols:
+                raise ValueError(
+                    f"read_catalog: no column datasets in {path}:{hdf5_group or '/'}; pass "
+                    f"hdf5_group= (groups: {_groups(path)})."
+                )
+            return cols
+        raise ValueError(
+            f"read_catalog: cannot read {path}; use FITS or HDF5, a Table, "
+            "a DataFrame or a dict of arrays."
+        )
+    if hasattr(source, "colnames"):  # astropy Table
+        return {c: source[c] for c in source.colnames}
+    if hasattr(source, "columns") and hasattr(source, "to_numpy"):  # pandas DataFrame
+        return {str(c): source[c].to_numpy() for c in source.columns}
+    if isinstance(source, Mapping):
+        return dict(source)
+    raise TypeError(f"read_catalog: unsupported source {type(source).__name__}.")
+
+
+def _groups(path: Path) -> list[str]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return [k for k in f if isinstance(f[k], h5py.Group)]
+
+
+def _values(cols: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Float values of a column and its mask (True = masked)."""
+    if name not in cols:
+        raise KeyError(f"read_catalog: unknown column {name!r}; columns: {sorted(cols)}.")
+    col = cols[name]
+    mask = (
+        np.asarray(np.ma.getmaskarray(col))
+        if np.ma.isMaskedArray(col) or hasattr(col, "mask")
+        else None
+    )
+    data = np.ma.getdata(col) if mask is not None else col
+    arr = np.asarray(data, dtype=np.float64).reshape(-1)
+    if mask is None or mask.shape != arr.shape:
+        mask = np.zeros(arr.shape, bool)
+    return arr, mask
+
+
+def read_catalog(
+    source: Any,
+    observables: Sequence[str] | Mapping[str, str],
+    errors: Sequence[str] | Mapping[str, str],
+    id_col: str | None = None,
+    upper_limits: Any = None,
+    *,
+    grid=None,
+    policy: SentinelPolicy | None = None,
+    hdf5_group: str | None = None,
+    hdu: int | str = 1,
+) -> Catalog:
+    """Read a catalog into fit-ready arrays.
+
+    Args:
+        source: FITS or HDF5 path (HDF5: a group of column datasets, chosen
+            with ``hdf5_group``), astropy Table, pandas DataFrame or dict of
+            arrays.
+        observables: value columns, as a list (names = columns) or
+            ``{observable_name: column}``.
+        errors: the matching 1-sigma error columns (list in the same order, or
+            ``{observable_name: column}``).
+        id_col: optional id column.
+        upper_limits: explicit limits on top of the sentinels: a
+            ``{observable_name: bool column}`` map or an (M, P) bool array.
+        grid: a `ModelGrid`; the observables must be its observable names, and
+            the columns come out in the grid's order.
+        policy: a `SentinelPolicy` (default: the photo-z convention).
+
+    Raises:
+        KeyError: unknown column. ValueError: mismatched names or lengths,
+        a column with no usable value.
+    """
+    policy = SentinelPolicy() if policy is None else policy
+    omap = _column_map(observables, "observables")
+    emap = _column_map(errors, "errors")
+    if not isinstance(errors, Mapping):
+        if len(emap) != len(omap):
+            raise ValueError(
+                f"read_catalog: {len(omap)} observables but {len(emap)} error columns; give one "
+                "error column per observable."
+            )
+        emap = dict(zip(omap, emap.values(), strict=True))
+    if set(emap) != set(omap):
+        raise ValueError(
+            f"read_catalog: the error map names {sorted(emap)} but the observables are "
+            f"{sorted(omap)}."
+        )
+    names = list(omap)
+    if grid is not None:
+        if set(names) != set(grid.observable_names):
+            raise ValueError(
+                f"read_catalog: observables {sorted(names)} do not match the grid's "
+                f"{grid.observable_names}; map each grid observable to a column."
+            )
+        names = list(grid.observable_names)
+    cols = _open_source(source, hdf5_group, hdu)
+    lengths = {len(np.asarray(cols[c]).reshape(-1)) for c in cols if np.ndim(cols[c]) >= 1}
+    if len(lengths) > 1:
+        raise ValueError(f"read_catalog: columns have different lengths {sorted(lengths)}.")
+    m = lengths.pop() if lengths else 0
+    p = len(names)
+    X = np.full((m, p), np.nan)
+    SIG = np.full((m, p), np.nan)
+    flags = np.zeros((m, p), np.int8)
+    upper = np.zeros((m, p), bool)
+    tol = policy.tolerance
+    for j, name in enumerate(names):
+        v, vmask = _values(cols, omap[name])
+        e, emask = _values(cols, emap[name])
+        missing = vmask | ~np.isfinite(v)
+        unobs = ~missing & (
+            np.isclose(v, policy.unobserved_value, rtol=0, atol=tol)
+            if policy.unobserved_value is not None
+            else False
+        )
+        nondet = ~missing & (
+            np.isclose(v, policy.nondetection_value, rtol=0, atol=tol)
+            if policy.nondetection_value is not None
+            else False
+        )
+        bad_err = emask | ~np.isfinite(e) | (e <= 0)
+        ok = ~(missing | unobs | nondet | bad_err)
+        X[ok, j], SIG[ok, j] = v[ok], e[ok]
+        flags[missing, j] = ValueFlag.MISSING
+        flags[unobs, j] = ValueFlag.UNOBSERVED
+        flags[~missing & ~unobs & ~nondet & bad_err, j] = ValueFlag.BAD_ERROR
+        flags[nondet, j] = ValueFlag.NONDETECTION
+        if policy.nondetection == "upper_limit":
+            lim = nondet & ~bad_err  # the error column holds the limiting magnitude
+            X[lim, j] = e[lim]
+            SIG[lim, j] = policy.nondetection_sigma
+            upper[lim, j] = True
+        if m and not np.any(ok | upper[:, j]):
+            raise ValueError(
+                f"read_catalog: column {omap[name]!r} ({name}) has no usable value (all "
+                "missing, sentinel or bad error); drop it from `observables`."
+            )
+    if upper_limits is not None:
+        if isinstance(upper_limits, Mapping):
+            for name, col in upper_limits.items():
+                if name not in names:
+                    raise KeyError(f"read_catalog: upper_limits names unknown observable {name!r}.")
+                flag, _ = _values(cols, col)
+                upper[:, names.index(name)] |= flag.astype(bool) & np.isfinite(
+                    X[:, names.index(name)]
+                )
+        else:
+            u = np.asarray(upper_limits)
+            if u.dtype != bool or u.shape != (m, p):
+                raise ValueError(f"read_catalog: `upper_limits` must be a ({m}, {p}) bool array.")
+            upper |= u & np.isfinite(X)
+    ids = None
+    if id_col is not None:
+        if id_col not in cols:
+            raise KeyError(f"read_catalog: unknown id column {id_col!r}; columns: {sorted(cols)}.")
+        ids = np.asarray(np.ma.getdata(cols[id_col])).reshape(-1)
+    return Catalog(X, SIG, ids, flags, upper, names)
