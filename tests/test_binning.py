@@ -65,8 +65,9 @@ def test_pca_variance_drops_components(rng):
 @pytest.mark.parametrize("shape", ["ball", "ellipsoid", "box"])
 def test_radius_matches_brute_force(grid, rng, shape):
     dims = [0, 1, 2, 3]
-    b = KDTreeBinner(dims=dims, select_mode="radius", radius_shape=shape, radius_factor=1.5,
-                     max_candidates=300).fit(grid)
+    b = KDTreeBinner(
+        dims=dims, select_mode="radius", radius_shape=shape, radius_factor=1.5, max_candidates=300
+    ).fit(grid)
     Y, S = _rows(grid, rng, m=30)
     idx, mask, level = b.batch_candidates(Y, S)
     assert level is None and idx.shape == (30, 300)
@@ -135,9 +136,17 @@ def test_nan_fallbacks_are_flagged(grid, rng):
 
 def test_save_load_round_trip(grid, rng, tmp_path):
     Y, S = _rows(grid, rng)
-    for kw in (dict(transform="pca_whiten", pca_variance=0.9, target_k=33, leafsize=7),
-               dict(select_mode="radius", radius_shape="box", radius_factor=3.0,
-                    max_candidates=77, sigma_floor=0.01, transform="none")):
+    for kw in (
+        dict(transform="pca_whiten", pca_variance=0.9, target_k=33, leafsize=7),
+        dict(
+            select_mode="radius",
+            radius_shape="box",
+            radius_factor=3.0,
+            max_candidates=77,
+            sigma_floor=0.01,
+            transform="none",
+        ),
+    ):
         b = KDTreeBinner(dims=["mag_0", 1, "mag_3"], **kw).fit(grid)
         b.save(tmp_path / "b.npz")
         c = KDTreeBinner.load(tmp_path / "b.npz")
@@ -150,7 +159,9 @@ def test_protocol_and_info(grid):
     b = KDTreeBinner(dims=[0, 1]).fit(grid)
     assert isinstance(b, Binner)
     info = b.info()
-    assert info["kind"] == "KDTreeBinner" and info["n_models"] == 2000 and info["n_candidates"] == 100
+    assert (
+        info["kind"] == "KDTreeBinner" and info["n_models"] == 2000 and info["n_candidates"] == 100
+    )
 
 
 @pytest.mark.parametrize(
@@ -180,8 +191,14 @@ def test_fit_batch_with_target_k_n_equals_full_grid(rng):
     g = make_grid(rng, n=300, p=3, q=2)
     fitter = GridFitter(g)
     Y, S = _rows(g, rng, m=20)
-    kw = dict(stats_for=["t0", "t1"], return_mode="list", verbose=False, chunk_size=8,
-              posterior_keep_mass=0.9, posterior_keep_min_candidates=10)
+    kw = dict(
+        stats_for=["t0", "t1"],
+        return_mode="list",
+        verbose=False,
+        chunk_size=8,
+        posterior_keep_mass=0.9,
+        posterior_keep_min_candidates=10,
+    )
     full = fitter.fit_batch(Y, S, **kw)
     tree = fitter.fit_batch(Y, S, binner=KDTreeBinner(dims=[0, 1, 2], target_k=300).fit(g), **kw)
     for a, b in zip(full, tree):

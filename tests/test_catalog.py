@@ -29,8 +29,9 @@ def _cols():
 def test_sentinel_policy_each_case():
     c = read_catalog(_cols(), ["g", "r"], ["g_err", "r_err"], id_col="objid")
     F = ValueFlag
-    np.testing.assert_array_equal(c.flags[:, 0], [F.OK, F.MISSING, F.NONDETECTION, F.UNOBSERVED,
-                                                  F.BAD_ERROR, F.BAD_ERROR])
+    np.testing.assert_array_equal(
+        c.flags[:, 0], [F.OK, F.MISSING, F.NONDETECTION, F.UNOBSERVED, F.BAD_ERROR, F.BAD_ERROR]
+    )
     assert c.X[0, 0] == 20.0 and c.SIG[0, 0] == 0.1
     assert np.isnan(c.X[1, 0]) and np.isnan(c.SIG[1, 0])
     # 99: an upper limit at the limiting magnitude held by the error column
@@ -43,8 +44,12 @@ def test_sentinel_policy_each_case():
 
 
 def test_policy_variants():
-    c = read_catalog(_cols(), ["g", "r"], ["g_err", "r_err"],
-                     policy=SentinelPolicy(nondetection="missing", unobserved_value=None))
+    c = read_catalog(
+        _cols(),
+        ["g", "r"],
+        ["g_err", "r_err"],
+        policy=SentinelPolicy(nondetection="missing", unobserved_value=None),
+    )
     assert not c.upper.any() and np.isnan(c.X[2, 0])
     assert c.flags[3, 0] == ValueFlag.OK and c.X[3, 0] == -99.0  # -99 taken literally
     with pytest.raises(ValueError, match="nondetection"):
@@ -65,8 +70,9 @@ def test_sources_agree(tmp_path):
         (pd.DataFrame(cols), {}),
     ]
     for src, kw in sources:
-        got = read_catalog(src, {"mag_g": "g", "mag_r": "r"}, {"mag_g": "g_err", "mag_r": "r_err"},
-                           **kw)
+        got = read_catalog(
+            src, {"mag_g": "g", "mag_r": "r"}, {"mag_g": "g_err", "mag_r": "r_err"}, **kw
+        )
         np.testing.assert_array_equal(got.X, ref.X)
         np.testing.assert_array_equal(got.SIG, ref.SIG)
         np.testing.assert_array_equal(got.flags, ref.flags)
@@ -82,22 +88,36 @@ def test_grid_order_and_explicit_upper_limits():
     grid = ModelGrid(np.zeros((2, 2)), np.zeros((2, 1)), ["mag_r", "mag_g"], ["z"])
     cols = _cols()
     cols["r_lim"] = np.array([0, 1, 0, 0, 0, 0])
-    c = read_catalog(cols, {"mag_g": "g", "mag_r": "r"}, {"mag_g": "g_err", "mag_r": "r_err"},
-                     grid=grid, upper_limits={"mag_r": "r_lim"})
+    c = read_catalog(
+        cols,
+        {"mag_g": "g", "mag_r": "r"},
+        {"mag_g": "g_err", "mag_r": "r_err"},
+        grid=grid,
+        upper_limits={"mag_r": "r_lim"},
+    )
     assert c.observable_names == ["mag_r", "mag_g"] and c.X[0, 0] == 19.5
     assert c.upper[1, 0] and not c.upper[0, 0]
     arr = np.zeros((6, 2), bool)
     arr[0, 1] = True
-    c2 = read_catalog(cols, {"mag_g": "g", "mag_r": "r"}, {"mag_g": "g_err", "mag_r": "r_err"},
-                      grid=grid, upper_limits=arr)
+    c2 = read_catalog(
+        cols,
+        {"mag_g": "g", "mag_r": "r"},
+        {"mag_g": "g_err", "mag_r": "r_err"},
+        grid=grid,
+        upper_limits=arr,
+    )
     assert c2.upper[0, 1]
 
 
 def test_real_dc2_catalog():
     bands = "ugrizy"
-    c = read_catalog(DC2, {f"mag_{b}": f"mag_{b}_lsst" for b in bands},
-                     {f"mag_{b}": f"mag_err_{b}_lsst" for b in bands}, id_col="id",
-                     hdf5_group="photometry")
+    c = read_catalog(
+        DC2,
+        {f"mag_{b}": f"mag_{b}_lsst" for b in bands},
+        {f"mag_{b}": f"mag_err_{b}_lsst" for b in bands},
+        id_col="id",
+        hdf5_group="photometry",
+    )
     assert c.X.shape == (10225, 6) and c.ids.size == 10225
     with h5py.File(DC2) as f:
         n99 = int(np.sum(f["photometry/mag_u_lsst"][...] == 99.0))
@@ -110,12 +130,22 @@ def test_real_dc2_catalog():
 @pytest.mark.parametrize(
     "call,exc,msg",
     [
-        (lambda: read_catalog(_cols(), ["g", "x"], ["g_err", "r_err"]), KeyError, "unknown column 'x'"),
+        (
+            lambda: read_catalog(_cols(), ["g", "x"], ["g_err", "r_err"]),
+            KeyError,
+            "unknown column 'x'",
+        ),
         (lambda: read_catalog(_cols(), ["g", "r"], ["g_err"]), ValueError, "one error column per"),
-        (lambda: read_catalog({"g": [1.0, 2.0], "e": [0.1]}, ["g"], ["e"]), ValueError,
-         "different lengths"),
-        (lambda: read_catalog({"g": [np.nan, 99.0], "e": [0.1, np.nan]}, ["g"], ["e"]), ValueError,
-         "no usable value"),
+        (
+            lambda: read_catalog({"g": [1.0, 2.0], "e": [0.1]}, ["g"], ["e"]),
+            ValueError,
+            "different lengths",
+        ),
+        (
+            lambda: read_catalog({"g": [np.nan, 99.0], "e": [0.1, np.nan]}, ["g"], ["e"]),
+            ValueError,
+            "no usable value",
+        ),
         (lambda: read_catalog(_cols(), ["g"], ["g_err"], id_col="nope"), KeyError, "id column"),
         (lambda: read_catalog("missing.fits", ["g"], ["e"]), FileNotFoundError, "no such file"),
         (lambda: read_catalog(DC2, ["g"], ["e"]), ValueError, "hdf5_group"),

@@ -115,7 +115,7 @@ def results_to_table(
             for f in STAT_FIELDS:
                 if f != "nmodes":
                     t[f"{name}_{f}"].unit = unit
-    t.meta["stats_for"] = names
+    t.meta["STATSFOR"] = ",".join(names)  # a FITS-safe header keyword
     return t
 
 
@@ -182,6 +182,10 @@ def to_qp(
         m = np.concatenate([c["m"] for c in chunks])
         status = np.concatenate([c["status"] for c in chunks])
         point = {k: np.concatenate([c[k][:, j] for c in chunks]) for k in ("map", "mean", "median")}
+    if pdfs.shape[1] != edges.size - 1:
+        raise ValueError(
+            f"to_qp: {pdfs.shape[1]} PDF bins for {target!r} but {edges.size} edges given."
+        )
     good = np.all(np.isfinite(pdfs), axis=1)
     ens = qp.Ensemble(qp.hist, data={"bins": edges, "pdfs": pdfs[good]})
     ens.set_ancil(
