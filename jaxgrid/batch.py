@@ -488,12 +488,13 @@ class _Runner:
                 yield self._collect(*pending.popleft())
 
     def _collect(self, rows, level, extra, outs, fb) -> dict[str, Any]:
+        """Host arrays of a chunk (the device's dtypes; no per-object work, few copies)."""
         n = rows.size
-        host = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *jax.device_get(outs))
+        host = _gather(outs)
         level_rows = np.full(n, -1 if level is None else int(level), np.int64)
         if fb is not None:
             fb_rows, fb_outs = fb
-            full = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *jax.device_get(fb_outs))
+            full = _gather(fb_outs)
 
             def splice(a, b):
                 a = np.array(a)
@@ -504,32 +505,40 @@ class _Runner:
             level_rows[fb_rows] = -1
         plan = self.plan
         status = (np.asarray(host.status[:n]) | plan.host_flags[rows] | extra).astype(np.int32)
-        bad = (status & int(BAD_STATUS)) != 0
-        n_after = np.asarray(host.n_after[:n]).astype(np.int64)
-        cidx = np.asarray(host.cand_idx[:n]).astype(np.int64)
-        cw = np.asarray(host.cand_w[:n]).astype(np.float64)
         res = {
             "m": rows,
             "status": status,
-            "bad": bad,
+            "bad": (status & int(BAD_STATUS)) != 0,
             "level": level_rows,
-            "log_evidence": np.asarray(host.log_evidence[:n], np.float64),
-            "chi2_min": np.asarray(host.chi2_min[:n], np.float64),
-            "best": np.asarray(host.best[:n]).astype(np.int64),
-            "candidate_idx": cidx,
-            "candidate_w": cw,
-            "n_before": np.asarray(host.n_before[:n]).astype(np.int64),
-            "n_after": n_after,
             "keep_mass": np.full(n, plan.keep["keep_mass"]),
-            "cov": np.asarray(host.cov[:n], np.float64),
-            "pdf": [np.asarray(p[:n], np.float64) for p in host.pdf],
+            "candidate_idx": host.cand_idx[:n],
+            "candidate_w": host.cand_w[:n],
+            "pdf": [p[:n] for p in host.pdf],
         }
-        for f in ("mass_kept", "mass_dropped", "cut_weight", "ess_before", "ess_after"):
-            res[f] = np.asarray(getattr(host, f)[:n], np.float64)
-        for f in STAT_FIELDS:
-            arr = np.asarray(getattr(host, f)[:n])
-            res[f] = arr.astype(np.int32) if f == "nmodes" else arr.astype(np.float64)
+        for f in (
+            "log_evidence",
+            "chi2_min",
+            "best",
+            "n_before",
+            "n_after",
+            "cov",
+            "mass_kept",
+            "mass_dropped",
+            "cut_weight",
+            "ess_before",
+            "ess_after",
+            *STAT_FIELDS,
+        ):
+            res[f] = getattr(host, f)[:n]
         return res
+
+
+def _gather(outs):
+    """Device outputs of the per-device slices -> one host ChunkOutput."""
+    parts = jax.device_get(outs)
+    if len(parts) == 1:
+        return jax.tree_util.tree_map(np.asarray, parts[0])
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
 
 
 def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, Any]]:

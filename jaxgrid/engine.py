@@ -32,7 +32,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .fitter import GridData
 from .prob.priors import prior_log_prob
-from .summaries import Moments, hist_stats, kde_masses, merge_moments, moments
+from .summaries import Moments, bin_index, hist_stats, kde_masses, merge_moments, moments
 
 __all__ = [
     "Status",
@@ -171,22 +171,24 @@ def _evaluate(lik, prior, data: GridData, x, sigma, upper, models, native, targe
     return lw, jnp.where(jnp.isfinite(lw), chi2, jnp.inf)
 
 
-def _chunk_top_k(config: StepConfig, params: StepParams, lw, log_z, n_valid):
-    """Top-``cap`` log weights of every row of ``lw`` (rows, n), descending.
+def _top_k_then(config: StepConfig, params: StepParams, lw, log_z, n_valid, finish):
+    """``finish(top_vals, top_pos)`` on the top log weights of each row of ``lw``.
 
-    XLA's CPU top-k costs grow steeply with k, so when ``fast_k < cap`` the
-    chunk first takes the top ``fast_k``; if every row reaches ``keep_mass``
-    within it (with a margin against rounding) or has no more valid models,
-    the result is that list padded with ``-inf`` — identical kept sets to the
-    full top-``cap``. Otherwise the whole chunk takes the full top-``cap``.
+    XLA's CPU top-k cost grows steeply with k, and so do the summaries of the
+    kept list. When ``fast_k < cap`` the chunk first takes the top ``fast_k``;
+    if every row reaches ``keep_mass`` within it (with a margin against
+    rounding), or has no more valid models, ``finish`` runs on that short list
+    — the kept sets are identical to a full top-``cap`` — and its per-row
+    candidate lists are padded to ``cap``. Otherwise the chunk takes the full
+    top-``cap``. (Inside a ``lax.cond`` XLA keeps its fast CPU top-k kernel;
+    inlined into the step it was seen to fall back to a ~30x slower sort, so
+    the full path goes through a cond too.)
     """
 
     def full(_):
-        return tuple(lax.top_k(lw, config.cap))
+        return finish(*lax.top_k(lw, config.cap))
 
     if config.fast_k >= config.cap:
-        # Inside a cond XLA's CPU backend keeps its fast top-k kernel; inlined
-        # into the step it was seen to fall back to a ~30x slower generic sort.
         return lax.cond(jnp.all(n_valid >= 0), full, full, None)
     v1, p1 = lax.top_k(lw, config.fast_k)
     shift = jnp.where(jnp.isfinite(log_z), log_z, 0.0)[:, None]
@@ -195,14 +197,20 @@ def _chunk_top_k(config: StepConfig, params: StepParams, lw, log_z, n_valid):
     pad = config.cap - config.fast_k
 
     def fast(_):
-        vals = jnp.concatenate([v1, jnp.full((lw.shape[0], pad), -jnp.inf, lw.dtype)], axis=1)
-        pos = jnp.concatenate([p1, jnp.zeros((lw.shape[0], pad), p1.dtype)], axis=1)
-        return vals, pos
+        out = finish(v1, p1)
+        rows = lw.shape[0]
+        return dataclasses.replace(
+            out,
+            cand_idx=jnp.concatenate(
+                [out.cand_idx, jnp.full((rows, pad), -1, out.cand_idx.dtype)], 1
+            ),
+            cand_w=jnp.concatenate([out.cand_w, jnp.zeros((rows, pad), out.cand_w.dtype)], 1),
+        )
 
     return lax.cond(jnp.all(ok), fast, full, None)
 
 
-def _single_block(config, data, lik, prior, params, chunk: Chunk) -> ChunkOutput:
+def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) -> ChunkOutput:
     """All models of a row in one block (the whole grid, or the row's candidates)."""
     cols = jnp.asarray(config.stat_cols, dtype=jnp.int32)
     dtype = data.models.dtype
@@ -247,38 +255,45 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk) -> ChunkOutput
     W, S2 = jnp.sum(w, axis=1), jnp.sum(w * w, axis=1)
     n_valid = jnp.sum(jnp.isfinite(lw), axis=1)
     log_z = jnp.where(W > 0, m + jnp.log(jnp.where(W > 0, W, 1.0)), -jnp.inf)
-    top_vals, top_pos = _chunk_top_k(config, params, lw, log_z, n_valid)
-    if chunk.cand is None:
-        top_idx = top_pos
-    else:
-        top_idx = jnp.take_along_axis(jnp.where(chunk.cand_mask, chunk.cand, 0), top_pos, axis=1)
 
-    def finish(x, sigma, cand, cand_mask, lw_r, m_r, W_r, S2_r, chi2_r, nv, tv, ti):
+    def finish_row(x, sigma, cand, cand_mask, lw_r, m_r, W_r, S2_r, chi2_r, nv, tv, ti):
         stats = None
         if not config.truncate:
-            t = data.targets if cand is None else data.targets[jnp.where(cand_mask, cand, 0)]
-            stats = moments(lw_r, t[:, cols], params.edges)
+            if cand is None:
+                t, b = data.targets, model_bins
+            else:
+                safe = jnp.where(cand_mask, cand, 0)
+                t, b = data.targets[safe], tuple(mb[safe] for mb in model_bins)
+            stats = moments(lw_r, t[:, cols], params.edges, b)
         acc = _Acc(m_r, W_r, S2_r, tv, ti, jnp.min(chi2_r), nv, stats)
-        return _finalise(config, data, params, acc, x, sigma, cand_mask, dtype, cols)
+        return _finalise(config, data, params, acc, x, sigma, cand_mask, dtype, cols, model_bins)
 
-    return jax.vmap(finish)(
-        chunk.x,
-        chunk.sigma,
-        chunk.cand,
-        chunk.cand_mask,
-        lw,
-        m,
-        W,
-        S2,
-        chi2,
-        n_valid,
-        top_vals,
-        top_idx,
-    )
+    def finish(top_vals, top_pos):
+        if chunk.cand is None:
+            top_idx = top_pos
+        else:
+            safe = jnp.where(chunk.cand_mask, chunk.cand, 0)
+            top_idx = jnp.take_along_axis(safe, top_pos, axis=1)
+        return jax.vmap(finish_row)(
+            chunk.x,
+            chunk.sigma,
+            chunk.cand,
+            chunk.cand_mask,
+            lw,
+            m,
+            W,
+            S2,
+            chi2,
+            n_valid,
+            top_vals,
+            top_idx,
+        )
+
+    return _top_k_then(config, params, lw, log_z, n_valid, finish)
 
 
 def _blocked_row(
-    config: StepConfig, data: GridData, lik, prior, params: StepParams, x, sigma, upper
+    config: StepConfig, data: GridData, lik, prior, params: StepParams, model_bins, x, sigma, upper
 ):
     """One row against the whole grid, block by block (chunk x N over the memory budget)."""
     dtype = data.models.dtype
@@ -287,7 +302,7 @@ def _blocked_row(
     def evaluate(models, native, targets, log_w, gidx, valid):
         return _evaluate(lik, prior, data, x, sigma, upper, models, native, targets, log_w, valid)
 
-    def absorb(acc: _Acc | None, lw, chi2, gidx, targets) -> _Acc:
+    def absorb(acc: _Acc | None, lw, chi2, gidx, targets, bins) -> _Acc:
         m_b = jnp.max(lw)
         if acc is None:
             m = m_b
@@ -310,7 +325,7 @@ def _blocked_row(
             n_valid = acc.n_valid + jnp.sum(jnp.isfinite(lw))
         stats = None
         if not config.truncate:
-            block = moments(lw, targets[:, cols], params.edges)
+            block = moments(lw, targets[:, cols], params.edges, bins)
             stats = block if acc is None else merge_moments(acc.stats, block)
         return _Acc(m, W, S2, vals, idx, chi2_min, n_valid, stats)
 
@@ -327,12 +342,13 @@ def _blocked_row(
         blocks(data.targets),
         blocks(data.log_weights),
         blocks(gidx_all),
+        tuple(blocks(mb) for mb in model_bins),
     )
 
     def one(acc, blk):
-        models, native, targets, log_w, gidx = blk
+        models, native, targets, log_w, gidx, bins = blk
         lw, chi2 = evaluate(models, native, targets, log_w, gidx, True)
-        return absorb(acc, lw, chi2, gidx, targets)
+        return absorb(acc, lw, chi2, gidx, targets, bins)
 
     first = jax.tree_util.tree_map(lambda a: a[0], xs_blocks)
     acc = one(None, first)
@@ -340,17 +356,17 @@ def _blocked_row(
         rest = jax.tree_util.tree_map(lambda a: a[1:], xs_blocks)
         acc, _ = lax.scan(lambda c, b: (one(c, b), None), acc, rest)
 
-    return _finalise(config, data, params, acc, x, sigma, None, dtype, cols)
+    return _finalise(config, data, params, acc, x, sigma, None, dtype, cols, model_bins)
 
 
-def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, cols):
+def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, cols, model_bins):
     nan = jnp.array(jnp.nan, dtype)
     has_mass = acc.W > 0
     log_z = jnp.where(has_mass, acc.m + jnp.log(jnp.where(has_mass, acc.W, 1.0)), -jnp.inf)
     shift = jnp.where(has_mass, log_z, 0.0)
     w_top = jnp.where(jnp.isfinite(acc.top_vals) & has_mass, jnp.exp(acc.top_vals - shift), 0.0)
     cum = jnp.cumsum(w_top)
-    pos = jnp.arange(config.cap)
+    pos = jnp.arange(acc.top_vals.shape[0])  # the (possibly short) top list
     n_valid = acc.n_valid.astype(jnp.int32)
     cap_bound = jnp.array(False)
     if config.truncate:
@@ -373,7 +389,8 @@ def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, cols)
         mass_kept = kept_sum
         cut_weight = w_top[jnp.maximum(n_keep - 1, 0)]
         kept_lw = jnp.where(keep, acc.top_vals, -jnp.inf)
-        stats = moments(kept_lw, data.targets[acc.top_idx][:, cols], params.edges)
+        kept_bins = tuple(mb[acc.top_idx] for mb in model_bins)
+        stats = moments(kept_lw, data.targets[acc.top_idx][:, cols], params.edges, kept_bins)
     else:
         mass_kept = jnp.array(1.0, dtype)
         cut_weight = jnp.array(0.0, dtype)
@@ -457,10 +474,16 @@ def chunk_step(
     global _TRACES
     _TRACES += 1  # runs at trace time only: counts compilations
 
+    # Each model's bin per summarised target: row-independent, computed once per chunk.
+    model_bins = tuple(
+        bin_index(data.targets[:, c], e)
+        for c, e in zip(config.stat_cols, params.edges, strict=True)
+    )
+
     def row(x, sigma, upper):
-        return _blocked_row(config, data, likelihood, prior, params, x, sigma, upper)
+        return _blocked_row(config, data, likelihood, prior, params, model_bins, x, sigma, upper)
 
     if config.n_blocks == 1 or chunk.cand is not None:
-        return _single_block(config, data, likelihood, prior, params, chunk)
+        return _single_block(config, data, likelihood, prior, params, chunk, model_bins)
     # Optional fields are None (empty pytrees), which vmap passes through.
     return jax.vmap(row)(chunk.x, chunk.sigma, chunk.upper)

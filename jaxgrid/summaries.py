@@ -84,9 +84,11 @@ def moments(
     lw: Float[Array, " cand"],
     t: Float[Array, "cand targets"],
     edges: tuple[Array, ...],
+    bins: tuple[Array, ...] | None = None,
 ) -> Moments:
     """Partial sums of ``exp(lw)`` over a set of models with targets ``t`` (one column per
-    edge array)."""
+    edge array). ``bins``: the models' precomputed `bin_index` per column (saves
+    the searches when the same models recur, e.g. across rows)."""
     m = jnp.max(lw)
     ms = jnp.where(jnp.isfinite(m), m, 0.0)
     w = jnp.where(jnp.isfinite(lw), jnp.exp(lw - ms), 0.0)
@@ -96,7 +98,11 @@ def moments(
     mu = jnp.dot(w, t, precision=_HI) / Ws
     d = t - mu
     M = jnp.dot((w[:, None] * d).T, d, precision=_HI)
-    hists = tuple(weighted_histogram(t[:, i], w, e) for i, e in enumerate(edges))
+    if bins is None:
+        bins = tuple(bin_index(t[:, i], e) for i, e in enumerate(edges))
+    hists = tuple(
+        _histogram_from_index(b, w, e.shape[0] - 1) for b, e in zip(bins, edges, strict=True)
+    )
     return Moments(m, W, S2, mu, M, hists)
 
 
@@ -132,7 +138,8 @@ class HistStats(NamedTuple):
 def _quantile(cdf: Array, edges: Array, q: float) -> Array:
     """Linear interpolation of the CDF given at the edges (``cdf[0] = 0``)."""
     nb = edges.shape[0] - 1
-    k = jnp.clip(jnp.searchsorted(cdf[1:], q, side="left"), 0, nb - 1)
+    # first bin whose upper CDF reaches q (a sum of compares: no search loop)
+    k = jnp.clip(jnp.sum(cdf[1:] < q), 0, nb - 1)
     lo, hi = cdf[k], cdf[k + 1]
     frac = jnp.clip((q - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
     return edges[k] + frac * (edges[k + 1] - edges[k])
