@@ -166,9 +166,11 @@ def run_b2(m, m_numpy, k=256, chunk_size=1024):
     binner = KDTreeBinner(dims=list(range(p)), target_k=k).fit(grid)
     cols = list(range(q))
     edges = [np.linspace(0, 1, 101) for _ in cols]
-    t0 = time.perf_counter()
-    idx, _, _ = binner.batch_candidates(X, S)
-    t_tree = time.perf_counter() - t0
+    t_tree = np.inf
+    for _ in range(3):  # best of 3: the floor this path can reach
+        t0 = time.perf_counter()
+        idx, _, _ = binner.batch_candidates(X, S)
+        t_tree = min(t_tree, time.perf_counter() - t0)
     kw = dict(
         binner=binner,
         stats_for=[f"t{c}" for c in cols],
@@ -178,9 +180,11 @@ def run_b2(m, m_numpy, k=256, chunk_size=1024):
         chunk_size=chunk_size,
     )
     list(fitter.fit_batch(X[:16], S[:16], **kw))  # compile
-    t0 = time.perf_counter()
-    chunks = list(fitter.fit_batch(X, S, **kw))
-    t_jax = time.perf_counter() - t0
+    t_jax = np.inf
+    for _ in range(3):  # best of 3, like the tree query
+        t0 = time.perf_counter()
+        chunks = list(fitter.fit_batch(X, S, **kw))
+        t_jax = min(t_jax, time.perf_counter() - t0)
     assert sum(c["m"].size for c in chunks) == m
     t0 = time.perf_counter()
     numpy_fit_candidates(obs, tgt, X[:m_numpy], S[:m_numpy], idx[:m_numpy], cols, edges)
@@ -190,7 +194,10 @@ def run_b2(m, m_numpy, k=256, chunk_size=1024):
         f"B2 KD-tree knn k={k}: N={n:,} P={p} stats={q}x100 bins M={m:,} "
         f"(devices: {jax.local_device_count()} x {jax.devices()[0].platform}, chunk {chunk_size})"
     )
-    print(f"  tree query alone : {m / t_tree:10.0f} objects/s (batched cKDTree, workers=-1)")
+    print(
+        f"  tree query alone : {m / t_tree:10.0f} objects/s (batched cKDTree, workers=-1; "
+        "best of 3)"
+    )
     print(
         f"  jaxgrid e2e      : {m / t_jax:10.0f} objects/s  {t_jax / pairs * 1e9:7.2f} ns/pair  "
         f"= {t_tree / t_jax * 100:5.1f}% of the tree-query throughput"
