@@ -416,8 +416,6 @@ class _Runner:
         if plan.U is not None:
             upper = np.zeros((c, p), bool)
             upper[:n] = plan.U[rows]
-        valid = np.zeros(c, bool)
-        valid[:n] = True
         cand = cmask = None
         level = None
         extra_flags = np.zeros(n, np.int32)
@@ -437,9 +435,7 @@ class _Runner:
             if fb is not None:
                 fallback |= np.asarray(fb, bool)[:n]
             cmask[:n][fallback] = False
-        arrays = dict(
-            x=x.astype(dt), sigma=s.astype(dt), upper=upper, valid=valid, cand=cand, cand_mask=cmask
-        )
+        arrays = dict(x=x.astype(dt), sigma=s.astype(dt), upper=upper, cand=cand, cand_mask=cmask)
         fb_rows = fb_parts = None
         if self.binner is not None and plan.full_config is not None and fallback.any():
             # rows the binner could not serve: the whole grid, in a chunk of their own
@@ -453,7 +449,6 @@ class _Runner:
                     x=np.where(fvalid[:, None], x[take], np.nan).astype(dt),
                     sigma=np.where(fvalid[:, None], s[take], np.nan).astype(dt),
                     upper=None if upper is None else upper[take] & fvalid[:, None],
-                    valid=fvalid,
                     cand=None,
                     cand_mask=None,
                 )

@@ -102,12 +102,12 @@ class StepParams(eqx.Module):
 
 
 class Chunk(eqx.Module):
-    """One chunk of rows, padded to the chunk size (``valid`` marks real rows)."""
+    """One chunk of rows, padded to the chunk size with all-NaN rows (which come out
+    flagged ``NO_OBSERVABLES`` and are dropped by the host)."""
 
     x: Float[Array, "rows obs"]
     sigma: Float[Array, "rows obs"]
     upper: Bool[Array, "rows obs"] | None
-    valid: Bool[Array, " rows"]
     cand: Int[Array, "rows cand"] | None
     cand_mask: Bool[Array, "rows cand"] | None
 
@@ -148,18 +148,6 @@ class _Acc(eqx.Module):
     chi2_min: Array
     n_valid: Array
     stats: Moments | None
-
-
-def _empty_moments(dtype, config: StepConfig, params: StepParams) -> Moments:
-    d = len(config.stat_cols)
-    return Moments(
-        m=jnp.array(-jnp.inf, dtype),
-        W=jnp.zeros((), dtype),
-        S2=jnp.zeros((), dtype),
-        mu=jnp.zeros(d, dtype),
-        M=jnp.zeros((d, d), dtype),
-        hists=tuple(jnp.zeros(e.shape[0] - 1, dtype) for e in params.edges),
-    )
 
 
 def _evaluate(lik, prior, data: GridData, x, sigma, upper, models, native, targets, log_w, valid):
