@@ -248,6 +248,13 @@ class GridFitter:
             )
         return density, 0.5 * (edges[1:] + edges[:-1])
 
+    def corner_for_targets(self, x_native, sigma_native, target_cols, **kwargs):
+        """Corner plot of one object's posterior (see `jaxgrid.plots.corner_for_targets`;
+        needs the ``plot`` extra). Returns ``(fig, axes, summary)``."""
+        from .plots import corner_for_targets
+
+        return corner_for_targets(self, x_native, sigma_native, target_cols, **kwargs)
+
     def fit_batch(self, X_native, SIG_native, *args, **kwargs):
         """Fit a catalog: posterior, truncation and summaries for every row, in chunks.
 
