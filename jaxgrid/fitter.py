@@ -262,58 +262,59 @@ class GridFitter:
         once per configuration; ``jaxgrid.engine``), sharded over all local
         devices. Results come back in object order.
 
-        Args:
-            X_native, SIG_native: (M, P) observed values and 1-sigma errors in
-                native units. NaN marks a missing band; infinite values or
-                negative errors are treated as missing and flagged
-                (``Status.BAD_INPUT``).
-            binner: optional candidate preselector following the binner
-                protocol of ``jaxgrid.binning`` (e.g. `KDTreeBinner`); None
-                fits every row against the whole grid. Rows the binner cannot
-                serve (no candidate, or flagged by it) are fitted against the
-                full grid and flagged ``Status.FULL_GRID_FALLBACK`` — or, with
-                ``fallback_to_full_grid=False``, flagged ``NO_CANDIDATES``.
-            n_jobs: host threads preparing chunks (candidate queries) ahead of
-                the device. backend: accepted for BESTA compatibility; only
-                threads are used.
-            stats_for: target names or indices to summarise; stats_bins: one
-                edge array per entry (None: 200 edges over each target's grid
-                range). Mismatched bins raise ``ValueError``.
-            find_multimodal: count modes (strict interior local maxima of the
-                binned posterior); else ``nmodes = 1``.
-            use_kde_for_stats: weighted Gaussian KDE (Scott bandwidth from the
-                effective sample size) at the bin centres instead of the
-                histogram; one effective sample falls back to the histogram
-                (``Status.KDE_FALLBACK``).
-            return_pdf_for_stats: include each target's density on its bins.
-            verbose / progress: a tqdm bar (shown after ~2 s); ``progress`` may
-                also be a callable ``(done, total)``.
-            posterior_keep_mass, posterior_keep_min_candidates,
-            posterior_keep_max_candidates, posterior_keep_ties: truncation —
-                keep the fewest highest-weight models whose mass reaches
-                ``keep_mass``, at least ``min``, at most ``max`` (the static cap;
-                default ``max(min, 1024)`` capped at the candidate count), ties
-                at the cut kept if asked; renormalised. Off when
-                ``keep_mass >= 0.9999`` and no max: stats then use every model,
-                and the candidate list holds the top ``cap`` models. When the
-                cap binds first, ``mass_kept`` says so (``Status.MASS_CAP``).
-            return_mode: ``"iter"`` (lazy per-object dicts), ``"list"``,
-                ``"chunks"`` (lazy per-chunk dicts of arrays: the fast path),
-                ``"table"`` (astropy Table, one row per object).
-            output_hdf5_*: stream results into an HDF5 group (layout in
-                ``jaxgrid.io.results``); ``write_only`` runs at once, returns
-                nothing to iterate.
-            dry_run: validate everything, compute nothing, create no file.
-            chunk_size: rows per step (default from the memory budget and N;
-                rounded up to a multiple of the device count).
-            resume: continue an existing output group written with the same
-                configuration, computing only rows whose status is not 1.
-            upper_limits: (M, P) bool, values that are limits.
-            ids: optional (M,) object ids for the table.
-            model_block_size, memory_budget_bytes: the full-grid path blocks
-                the model axis so a chunk's temporaries stay within the budget
-                (default 512 MiB on CPU, a quarter of GPU memory); results
-                are exact for any blocking.
+        Options (keywords as in BESTA; see docs/batch.md):
+
+        * ``X_native, SIG_native``: (M, P) observed values and 1-sigma errors in
+          native units. NaN marks a missing band; infinite values or
+          negative errors are treated as missing and flagged
+          (``Status.BAD_INPUT``).
+        * ``binner``: optional candidate preselector following the binner
+          protocol of ``jaxgrid.binning`` (e.g. `KDTreeBinner`); None
+          fits every row against the whole grid. Rows the binner cannot
+          serve (no candidate, or flagged by it) are fitted against the
+          full grid and flagged ``Status.FULL_GRID_FALLBACK`` — or, with
+          ``fallback_to_full_grid=False``, flagged ``NO_CANDIDATES``.
+        * ``n_jobs``: host threads preparing chunks (candidate queries) ahead of
+          the device; ``backend``: accepted for BESTA compatibility (only
+          threads are used); neither ever fails.
+        * ``stats_for``: target names or indices to summarise; ``stats_bins``: one
+          edge array per entry (None: 200 edges over each target's grid
+          range). Mismatched bins raise ``ValueError``.
+        * ``find_multimodal``: count modes (strict interior local maxima of the
+          binned posterior); else ``nmodes = 1``.
+        * ``use_kde_for_stats``: weighted Gaussian KDE (Scott bandwidth from the
+          effective sample size) at the bin centres instead of the
+          histogram; one effective sample falls back to the histogram
+          (``Status.KDE_FALLBACK``).
+        * ``return_pdf_for_stats``: include each target's density on its bins.
+        * ``verbose / progress``: a tqdm bar (shown after ~2 s); ``progress`` may
+          also be a callable ``(done, total)``.
+        * ``posterior_keep_mass, posterior_keep_min_candidates,
+          posterior_keep_max_candidates, posterior_keep_ties``: truncation —
+          keep the fewest highest-weight models whose mass reaches
+          ``keep_mass``, at least ``min``, at most ``max`` (the static cap;
+          default ``max(min, 1024)`` capped at the candidate count), ties
+          at the cut kept if asked; renormalised. Off when
+          ``keep_mass >= 0.9999`` and no max: stats then use every model,
+          and the candidate list holds the top ``cap`` models. When the
+          cap binds first, ``mass_kept`` says so (``Status.MASS_CAP``).
+        * ``return_mode``: ``"iter"`` (lazy per-object dicts), ``"list"``,
+          ``"chunks"`` (lazy per-chunk dicts of arrays: the fast path),
+          ``"table"`` (astropy Table, one row per object).
+        * ``output_hdf5_*``: stream results into an HDF5 group (layout in
+          ``jaxgrid.io.results``); ``write_only`` runs at once, returns
+          nothing to iterate.
+        * ``dry_run``: validate everything, compute nothing, create no file.
+        * ``chunk_size``: rows per step (default from the memory budget and N;
+          rounded up to a multiple of the device count).
+        * ``resume``: continue an existing output group written with the same
+          configuration, computing only rows whose status is not 1.
+        * ``upper_limits``: (M, P) bool, values that are limits.
+        * ``ids``: optional (M,) object ids for the table.
+        * ``model_block_size, memory_budget_bytes``: the full-grid path blocks
+          the model axis so a chunk's temporaries stay within the budget
+          (default 512 MiB on CPU, a quarter of GPU memory); results
+          are exact for any blocking.
 
         Per-object dicts hold ``m, level, candidates, post_models, truncation,
         stats, posts_target, log_evidence, chi2_min, best, status`` (see

@@ -172,8 +172,8 @@ def read_catalog(
         policy: a `SentinelPolicy` (default: the photo-z convention).
 
     Raises:
-        KeyError: unknown column. ValueError: mismatched names or lengths,
-        a column with no usable value.
+        KeyError: an unknown column.
+        ValueError: mismatched names or lengths, or a column with no usable value.
     """
     policy = SentinelPolicy() if policy is None else policy
     omap = _column_map(observables, "observables")

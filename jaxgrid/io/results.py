@@ -48,7 +48,8 @@ class GridFitHDF5Writer:
     """Writes batch-fit results into an HDF5 group, chunk by chunk.
 
     Args:
-        path, group: destination.
+        path: the HDF5 file (created if needed).
+        group: the group to write.
         n_rows: catalog length M (datasets are created at full size).
         configuration: JSON-able dict of the run's settings (stored as the
             group's ``configuration`` attribute; ``resume`` requires equality).
@@ -56,7 +57,7 @@ class GridFitHDF5Writer:
         return_pdf: also store ``posts_target`` (M, K) per target.
         overwrite: replace an existing group. resume: reopen an existing group
             with the same configuration (``ValueError`` otherwise).
-        compression, compression_opts: for the fixed-size datasets.
+        compression: HDF5 filter of the fixed-size datasets (``compression_opts`` its level).
         flush_every: flush to disk after at least this many rows.
 
     Use as a context manager; ``write(rows, results)`` stores a chunk,
