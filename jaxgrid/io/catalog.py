@@ -153,6 +153,7 @@ def read_catalog(
     policy: SentinelPolicy | None = None,
     hdf5_group: str | None = None,
     hdu: int | str = 1,
+    require_values: bool = True,
 ) -> Catalog:
     """Read a catalog into fit-ready arrays.
 
@@ -170,6 +171,8 @@ def read_catalog(
         grid: a `ModelGrid`; the observables must be its observable names, and
             the columns come out in the grid's order.
         policy: a `SentinelPolicy` (default: the photo-z convention).
+        require_values: raise when a column has no usable value (set False for
+            a chunk of a larger catalog, where that can happen legitimately).
 
     Raises:
         KeyError: an unknown column.
@@ -235,7 +238,7 @@ def read_catalog(
             X[lim, j] = e[lim]
             SIG[lim, j] = policy.nondetection_sigma
             upper[lim, j] = True
-        if m and not np.any(ok | upper[:, j]):
+        if require_values and m and not np.any(ok | upper[:, j]):
             raise ValueError(
                 f"read_catalog: column {omap[name]!r} ({name}) has no usable value (all "
                 "missing, sentinel or bad error); drop it from `observables`."
