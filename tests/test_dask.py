@@ -156,6 +156,23 @@ def test_empty_and_all_bad_partitions(problem):
     assert out.index.equals(bad.index)
 
 
+def test_empty_and_bad_partitions_on_the_cluster(problem, client):
+    df = problem["df"]
+    bad = df.iloc[:40].copy()  # no usable band in any row
+    parts = dd.concat(
+        [
+            dd.from_pandas(df.iloc[:0], npartitions=1),
+            dd.from_pandas(bad, npartitions=1),
+            dd.from_pandas(df.iloc[100:300], npartitions=2),
+        ]
+    )
+    out = fit_dataframe(parts, problem["spec"], problem["columns"]).compute()
+    assert len(out) == 240 and out["id"].is_unique
+    flagged = out[out["id"].isin(bad["id"])]
+    assert len(flagged) == 40 and (flagged["status"] & 1).all()
+    assert flagged["logM_median"].isna().all() and out["logM_median"].notna().sum() == 200
+
+
 def test_worker_killed_mid_computation(problem, reference, client):
     ddf = dd.read_parquet(problem["parts"]).repartition(npartitions=8)
     future = client.compute(fit_dataframe(ddf, problem["spec"], problem["columns"]))
