@@ -281,6 +281,13 @@ def plan_batch(
         use_kde=bool(use_kde_for_stats),
         fast_k=cap if (keep_ties or not truncate) else min(cap, max(int(keep_min), FAST_K)),
     )
+    ext_cols = fitter._likelihood_in_space.extensive_cols()
+    common["extensive"] = tuple(i for i, c in enumerate(cols) if c in ext_cols)
+    if common["extensive"] and not truncate:
+        raise ValueError(
+            "extensive targets (shifted by the fitted amplitude) are summarised over the kept "
+            "models: use posterior_keep_mass < 0.9999 or posterior_keep_max_candidates."
+        )
     full_config = StepConfig(block_size=block, n_blocks=n_blocks, **common)
     if k_cand is None:
         config = full_config

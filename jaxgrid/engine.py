@@ -91,6 +91,7 @@ class StepConfig:
     find_multimodal: bool
     use_kde: bool
     fast_k: int = 0  #: first try a top-``fast_k`` (cheaper); full top-``cap`` if a row needs more
+    extensive: tuple[int, ...] = ()  #: positions in stat_cols shifted by the likelihood
 
 
 class StepParams(eqx.Module):
@@ -244,7 +245,7 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
     n_valid = jnp.sum(jnp.isfinite(lw), axis=1)
     log_z = jnp.where(W > 0, m + jnp.log(jnp.where(W > 0, W, 1.0)), -jnp.inf)
 
-    def finish_row(x, sigma, cand, cand_mask, lw_r, m_r, W_r, S2_r, chi2_r, nv, tv, ti):
+    def finish_row(x, sigma, upper, cand, cand_mask, lw_r, m_r, W_r, S2_r, chi2_r, nv, tv, ti):
         stats = None
         if not config.truncate:
             if cand is None:
@@ -254,7 +255,10 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
                 t, b = data.targets[safe], tuple(mb[safe] for mb in model_bins)
             stats = moments(lw_r, t[:, cols], params.edges, b)
         acc = _Acc(m_r, W_r, S2_r, tv, ti, jnp.min(chi2_r), nv, stats)
-        return _finalise(config, data, params, acc, x, sigma, cand_mask, dtype, cols, model_bins)
+        shift = _kept_shift(config, data, lik, x, sigma, upper, ti)
+        return _finalise(
+            config, data, params, acc, x, sigma, cand_mask, dtype, cols, model_bins, shift
+        )
 
     def finish(top_vals, top_pos):
         if chunk.cand is None:
@@ -265,6 +269,7 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
         return jax.vmap(finish_row)(
             chunk.x,
             chunk.sigma,
+            chunk.upper,
             chunk.cand,
             chunk.cand_mask,
             lw,
@@ -344,15 +349,26 @@ def _blocked_row(
         rest = jax.tree_util.tree_map(lambda a: a[1:], xs_blocks)
         acc, _ = lax.scan(lambda c, b: (one(c, b), None), acc, rest)
 
-    return _finalise(config, data, params, acc, x, sigma, None, dtype, cols, model_bins)
+    shift = _kept_shift(config, data, lik, x, sigma, upper, acc.top_idx)
+    return _finalise(config, data, params, acc, x, sigma, None, dtype, cols, model_bins, shift)
 
 
-def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, cols, model_bins):
+def _kept_shift(config, data, lik, x, sigma, upper, top_idx):
+    """Per kept model shift of the extensive targets (e.g. log10 amplitude), or None."""
+    if not config.extensive:
+        return None
+    xs, ss = data.to_likelihood_space(x, sigma)
+    return lik.target_shift(xs, ss, data.models[top_idx], upper)
+
+
+def _finalise(
+    config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, cols, model_bins, shift=None
+):
     nan = jnp.array(jnp.nan, dtype)
     has_mass = acc.W > 0
     log_z = jnp.where(has_mass, acc.m + jnp.log(jnp.where(has_mass, acc.W, 1.0)), -jnp.inf)
-    shift = jnp.where(has_mass, log_z, 0.0)
-    w_top = jnp.where(jnp.isfinite(acc.top_vals) & has_mass, jnp.exp(acc.top_vals - shift), 0.0)
+    z_shift = jnp.where(has_mass, log_z, 0.0)
+    w_top = jnp.where(jnp.isfinite(acc.top_vals) & has_mass, jnp.exp(acc.top_vals - z_shift), 0.0)
     cum = jnp.cumsum(w_top)
     pos = jnp.arange(acc.top_vals.shape[0])  # the (possibly short) top list
     n_valid = acc.n_valid.astype(jnp.int32)
@@ -373,12 +389,19 @@ def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, cols,
     post = kept_w / jnp.where(kept_sum > 0, kept_sum, 1.0)
     ess_before = acc.W**2 / jnp.where(acc.S2 > 0, acc.S2, 1.0)
     ess_after = 1.0 / jnp.where(jnp.sum(post**2) > 0, jnp.sum(post**2), 1.0)
+    # targets of the listed models (extensive ones shifted per model) and their bins
+    t_kept = data.targets[acc.top_idx][:, cols]
+    kept_bins = [mb[acc.top_idx] for mb in model_bins]
+    if shift is not None:
+        for i in config.extensive:
+            t_kept = t_kept.at[:, i].add(shift)
+            kept_bins[i] = bin_index(t_kept[:, i], params.edges[i])
+    kept_bins = tuple(kept_bins)
     if config.truncate:
         mass_kept = kept_sum
         cut_weight = w_top[jnp.maximum(n_keep - 1, 0)]
         kept_lw = jnp.where(keep, acc.top_vals, -jnp.inf)
-        kept_bins = tuple(mb[acc.top_idx] for mb in model_bins)
-        stats = moments(kept_lw, data.targets[acc.top_idx][:, cols], params.edges, kept_bins)
+        stats = moments(kept_lw, t_kept, params.edges, kept_bins)
     else:
         mass_kept = jnp.array(1.0, dtype)
         cut_weight = jnp.array(0.0, dtype)
@@ -390,7 +413,7 @@ def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, cols,
     for i, e in enumerate(params.edges):
         mass = stats.hists[i]
         if config.use_kde:
-            kept_t = data.targets[acc.top_idx][:, config.stat_cols[i]]
+            kept_t = t_kept[:, i]
             kmass, ok = kde_masses(kept_t, post, e)
             mass = jnp.where(ok, kmass, mass)
             kde_failed = kde_failed | ~ok

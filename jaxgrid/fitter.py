@@ -133,6 +133,11 @@ class GridFitter:
                 "GridFitter: `prior` must be a prior (e.g. FlatPrior()), got "
                 f"{type(prior).__name__}."
             )
+        if use_standardised and type(likelihood).scale_free:
+            raise ValueError(
+                f"GridFitter: {type(likelihood).__name__} fits a free amplitude and needs native "
+                "fluxes; pass use_standardised=False."
+            )
         self.grid = grid
         self.use_standardised = bool(use_standardised)
         if self.use_standardised and not grid.standardiser.is_fitted:
@@ -140,10 +145,11 @@ class GridFitter:
             logger.info("GridFitter: fitted the grid's observable standardiser.")
         self.likelihood = likelihood
         self.prior = prior.resolve(grid.target_names, grid.observable_names)
+        resolved = likelihood.resolve(grid.target_names)
         self._likelihood_in_space = (
-            likelihood.to_standardised(grid.standardiser.mean, grid.standardiser.std)
+            resolved.to_standardised(grid.standardiser.mean, grid.standardiser.std)
             if self.use_standardised
-            else likelihood
+            else resolved
         )
         self.data = prepare_grid(grid, self.use_standardised)
 
@@ -231,13 +237,15 @@ class GridFitter:
         lw = self._log_weights(x_native, sigma_native, candidate_idx, upper_limits)
         w, log_z = normalise_log_weights(lw)
         _warn_if_unusable(log_z)
-        targets = (
-            self.data.targets
-            if candidate_idx is None
-            else self.data.targets[jnp.asarray(candidate_idx)]
-        )
+        x, s, upper, cand = self._row(x_native, sigma_native, upper_limits, candidate_idx)
+        pick = slice(None) if cand is None else cand
+        values = self.data.targets[pick, col]
+        lik = self._likelihood_in_space
+        if col in lik.extensive_cols():  # e.g. logM + log10(amplitude), per model
+            xs, ss = self.data.to_likelihood_space(x, s)
+            values = values + lik.target_shift(xs, ss, self.data.models[pick], upper)
         e = jnp.asarray(edges, dtype=float_dtype())
-        mass = weighted_histogram(targets[:, col], w, e)
+        mass = weighted_histogram(values, w, e)
         density = np.asarray(histogram_density(mass, e), dtype=np.float64)
         if np.isfinite(float(log_z)) and not np.any(np.isfinite(density)):
             warnings.warn(

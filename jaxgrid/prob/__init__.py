@@ -23,3 +23,4 @@ from .priors import ObservableDependentPrior as ObservableDependentPrior
 from .priors import PowerLawPrior1D as PowerLawPrior1D
 from .priors import UniformPrior1D as UniformPrior1D
 from .priors import prior_log_prob as prior_log_prob
+from .scaled import ScaledGaussianLikelihood as ScaledGaussianLikelihood

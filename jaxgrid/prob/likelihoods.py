@@ -30,6 +30,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -57,7 +58,13 @@ def _check_limit_kind(kind: str, owner: str) -> str:
 
 
 class AbstractLikelihood(eqx.Module):
-    """Declares ``log_likelihood(x (P,), sigma (P,), models (Nc, P), upper=None) -> (Nc,)``."""
+    """Declares ``log_likelihood(x (P,), sigma (P,), models (Nc, P), upper=None) -> (Nc,)``.
+
+    ``scale_free`` likelihoods (free amplitude) must see native values: the
+    fitter refuses them with ``use_standardised=True``.
+    """
+
+    scale_free: ClassVar[bool] = False
 
     @abc.abstractmethod
     def log_likelihood(
@@ -83,6 +90,18 @@ class AbstractLikelihood(eqx.Module):
 
     def chi2(self, x, sigma, models, upper=None) -> Float[Array, " cand"]:
         return self.log_likelihood_and_chi2(x, sigma, models, upper)[1]
+
+    def resolve(self, target_names: Sequence[str]) -> AbstractLikelihood:
+        """This likelihood with target names replaced by indices (extensive targets)."""
+        return self
+
+    def extensive_cols(self) -> tuple[int, ...]:
+        """Target columns shifted per (object, model) by `target_shift` (none by default)."""
+        return ()
+
+    def target_shift(self, x, sigma, models, upper=None) -> Float[Array, " cand"]:
+        """Per-model shift of the extensive targets (``log10`` of an amplitude)."""
+        return jnp.zeros(models.shape[0], dtype=models.dtype)
 
     def to_standardised(self, mean: np.ndarray, std: np.ndarray) -> AbstractLikelihood:
         """This likelihood with native-unit parameters mapped to z-scored units."""

@@ -1,0 +1,181 @@
+"""Free-amplitude Gaussian likelihood in flux space (photo-z / SED fitting).
+
+Models carry a free normalisation ``a >= 0`` (mass, luminosity): the object
+is compared with ``a m_i``. Per row, over the Gaussian bands,
+
+    A = sum m^2/s^2,  B = sum f m/s^2,  C = sum f^2/s^2,
+    chi2(a) = A a^2 - 2 B a + C,   a* = B / A,   chi2_min = C - B^2 / A.
+
+* ``mode="profile"``: ``log L = -chi2(a*)/2`` with ``a*`` clipped at 0
+  (BPZ, EAZY, LePhare);
+* ``mode="marginal"``: the exact integral over ``a >= 0`` with a flat prior,
+  ``int_0^inf exp(-chi2(a)/2) da = exp(-chi2_min/2) sqrt(2 pi / A) Phi(B / sqrt(A))``
+  (``Phi`` the standard normal CDF, evaluated as ``log_ndtr``): models that fit
+  only with a poorly constrained amplitude are penalised by the ``sqrt(2 pi / A)``
+  width, and models needing a negative amplitude by ``Phi``.
+
+Both include ``-1/2 sum log(2 pi s^2)`` over the bands used.
+
+Non-detections (``upper`` flags; the row's value is ignored and its error is
+the 1-sigma flux limit ``s_lim``):
+
+* ``"zero_flux"`` (BPZ): a Gaussian band with ``f = 0 +- s_lim``, part of
+  the amplitude fit;
+* ``"censored"``: the amplitude is fitted on the detected bands only, then
+  each non-detection adds ``log Phi((n s_lim - a* m) / s_lim)`` with
+  ``n = nondetection_nsigma`` — the probability that the model's flux falls
+  below the detection threshold (``a*`` the profile amplitude, in both modes).
+
+Error floors on detected bands: ``error_floor_mag`` in quadrature in
+magnitudes (``s -> sqrt(s^2 + (f ln10/2.5 floor)^2)``, the usual zero-point
+floor) and ``error_floor_frac`` as a fractional flux floor
+(``s -> sqrt(s^2 + (frac f)^2)``).
+
+``extensive_targets``: targets that scale with the amplitude (e.g. ``logM``,
+``logSFR`` in dex): per (object, model) they are shifted by ``log10 a*``
+before any summary, so masses come out per object (CIGALE / FAST++ style).
+
+Use with ``GridFitter(..., use_standardised=False)``: z-scoring fluxes would
+break the amplitude model (the fitter refuses it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+from jax.scipy.special import log_ndtr
+from jaxtyping import ArrayLike
+
+from .._checks import scalar_param
+from .likelihoods import AbstractLikelihood
+
+__all__ = ["ScaledGaussianLikelihood"]
+
+_LN10_OVER_2_5 = math.log(10.0) / 2.5
+
+
+class ScaledGaussianLikelihood(AbstractLikelihood):
+    """Gaussian likelihood of ``a m_i`` with a free amplitude ``a >= 0`` (see module docs)."""
+
+    error_floor_mag: ArrayLike
+    error_floor_frac: ArrayLike
+    nondetection_nsigma: ArrayLike
+    mode: str = eqx.field(static=True)
+    nondetection: str = eqx.field(static=True)
+    extensive_targets: tuple = eqx.field(static=True)
+    scale_free: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        mode: str = "marginal",
+        error_floor_mag: ArrayLike = 0.0,
+        error_floor_frac: ArrayLike = 0.0,
+        nondetection: str = "censored",
+        nondetection_nsigma: ArrayLike = 1.0,
+        extensive_targets: Sequence[str | int] = (),
+    ):
+        owner = "ScaledGaussianLikelihood"
+        if mode not in ("marginal", "profile"):
+            raise ValueError(f"{owner}: `mode` must be 'marginal' or 'profile', got {mode!r}.")
+        if nondetection not in ("censored", "zero_flux"):
+            raise ValueError(
+                f"{owner}: `nondetection` must be 'censored' or 'zero_flux', got {nondetection!r}."
+            )
+        self.mode = mode
+        self.nondetection = nondetection
+        self.error_floor_mag = scalar_param(error_floor_mag, "error_floor_mag", owner, nonneg=True)
+        self.error_floor_frac = scalar_param(
+            error_floor_frac, "error_floor_frac", owner, nonneg=True
+        )
+        self.nondetection_nsigma = scalar_param(
+            nondetection_nsigma, "nondetection_nsigma", owner, positive=True
+        )
+        if isinstance(extensive_targets, (str, int)):
+            extensive_targets = (extensive_targets,)
+        self.extensive_targets = tuple(extensive_targets)
+
+    def resolve(self, target_names):
+        from .priors import _resolve
+
+        cols = tuple(
+            _resolve(c, target_names, "target", "ScaledGaussianLikelihood")
+            for c in self.extensive_targets
+        )
+        return ScaledGaussianLikelihood(
+            self.mode,
+            self.error_floor_mag,
+            self.error_floor_frac,
+            self.nondetection,
+            self.nondetection_nsigma,
+            cols,
+        )
+
+    def extensive_cols(self) -> tuple[int, ...]:
+        return tuple(c for c in self.extensive_targets if isinstance(c, int))
+
+    # ---------------------------------------------------------------- core
+    def _bands(self, x, sigma, upper):
+        usable = jnp.isfinite(sigma) & (sigma > 0)
+        limit = jnp.zeros_like(usable) if upper is None else upper & usable
+        detected = usable & ~limit & jnp.isfinite(x)
+        f = jnp.where(detected, x, 0.0)
+        s2 = jnp.where(usable, sigma, 1.0) ** 2
+        s2 = (
+            s2 + (_LN10_OVER_2_5 * self.error_floor_mag * f) ** 2 + (self.error_floor_frac * f) ** 2
+        )
+        if self.nondetection == "zero_flux":
+            gauss = detected | limit  # a non-detection is f = 0 +- s_lim
+            censored = jnp.zeros_like(limit)
+        else:
+            gauss, censored = detected, limit
+        return f, s2, gauss, censored
+
+    def _amplitude_terms(self, x, sigma, models, upper):
+        f, s2, gauss, censored = self._bands(x, sigma, upper)
+        w = jnp.where(gauss, 1.0 / s2, 0.0)
+        A = jnp.sum(models**2 * w, axis=-1)
+        B = jnp.sum(models * (f * w), axis=-1)
+        C = jnp.sum(f**2 * w)
+        A_safe = jnp.where(A > 0, A, 1.0)
+        a_star = jnp.maximum(jnp.where(A > 0, B / A_safe, 0.0), 0.0)
+        const = -0.5 * jnp.sum(jnp.where(gauss, jnp.log(2.0 * jnp.pi * s2), 0.0))
+        return f, s2, gauss, censored, A, A_safe, B, C, a_star, const
+
+    def log_likelihood_and_chi2(self, x, sigma, models, upper=None):
+        f, s2, gauss, censored, A, A_safe, B, C, a_star, const = self._amplitude_terms(
+            x, sigma, models, upper
+        )
+        chi2_best = jnp.maximum(C - 2.0 * B * a_star + A * a_star**2, 0.0)
+        if self.mode == "profile":
+            ll = const - 0.5 * chi2_best
+        else:
+            chi2_min = jnp.maximum(C - jnp.where(A > 0, B**2 / A_safe, 0.0), 0.0)
+            ll = (
+                const
+                - 0.5 * chi2_min
+                + 0.5 * jnp.log(2.0 * jnp.pi / A_safe)
+                + log_ndtr(B / jnp.sqrt(A_safe))
+            )
+            ll = jnp.where(A > 0, ll, const - 0.5 * C)  # a model dark in every band
+        s_lim = jnp.sqrt(s2)
+        lim = log_ndtr((self.nondetection_nsigma * s_lim - a_star[:, None] * models) / s_lim)
+        ll = ll + jnp.sum(jnp.where(censored, lim, 0.0), axis=-1)
+        any_band = jnp.any(gauss | censored)
+        return jnp.where(any_band, ll, -jnp.inf), chi2_best
+
+    def log_likelihood(self, x, sigma, models, upper=None):
+        return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
+
+    def amplitude(self, x, sigma, models, upper=None):
+        """The profile amplitude ``a*`` (>= 0) of each model."""
+        return self._amplitude_terms(x, sigma, models, upper)[8]
+
+    def target_shift(self, x, sigma, models, upper=None):
+        """``log10 a*`` per model, added to extensive targets. A model whose best
+        amplitude is 0 gets ``log10(1e-30)`` (far outside any bins) — such models
+        fit worse than any dimmed one and carry negligible weight."""
+        return jnp.log10(jnp.maximum(self.amplitude(x, sigma, models, upper), 1e-30))
