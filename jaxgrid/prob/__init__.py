@@ -1,5 +1,6 @@
 """Likelihoods, priors and single-row posteriors (pure JAX)."""
 
+from .bpz import BPZPrior as BPZPrior
 from .likelihoods import AbstractLikelihood as AbstractLikelihood
 from .likelihoods import CensoredSizeLikelihood as CensoredSizeLikelihood
 from .likelihoods import CompositeLikelihood as CompositeLikelihood

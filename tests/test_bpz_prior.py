@@ -1,0 +1,126 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.special import logsumexp
+
+from jaxgrid.data import data_path
+from jaxgrid.photometry import build_template_grid
+from jaxgrid.prob import BPZPrior
+
+SEDS = [
+    data_path("photoz", "SED", n)
+    for n in data_path("photoz", "SED", "CWWSB4.list").read_text().split()
+]
+FILTERS = [data_path("photoz", "FILTER", f"DC2LSST_{b}.res") for b in "ugrizy"]
+
+
+@pytest.fixture
+def grids():  # built after the x64 fixture, so float64 in the x64 tests
+    z = np.round(np.arange(0, 3.0001, 0.01), 2)
+    return (
+        build_template_grid(SEDS, FILTERS, z),
+        build_template_grid(SEDS, FILTERS, z[::5], n_interp=2),
+    )
+
+
+def _prior(grid, **kw):
+    return BPZPrior.hdfn(grid, "DC2LSST_i", **kw).resolve(grid.target_names, grid.observable_names)
+
+
+@pytest.mark.parametrize("m0", [17.0, 22.3, 27.9, 35.0])
+def test_sums_to_one_over_z_and_types(x64, grids, m0):
+    for grid in grids:
+        p = _prior(grid)
+        lp = p.log_prob_for_models(grid.targets, grid.observables, jnp.full(6, m0))
+        assert float(jnp.exp(logsumexp(lp))) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_matches_the_published_formula(x64, grids):
+    grid = grids[0]
+    p = _prior(grid)
+    m0 = 23.4
+    lp = np.asarray(p.log_prob_for_models(grid.targets, grid.observables, jnp.full(6, m0)))
+    a, z0, km = (
+        np.array([2.465, 1.806, 0.906]),
+        np.array([0.431, 0.390, 0.0626]),
+        np.array([0.0913, 0.0636, 0.123]),
+    )
+    f = np.array([0.35, 0.50]) * np.exp(-np.array([0.450, 0.147]) * (m0 - 20))
+    frac = np.array([f[0], f[1], 1 - f.sum()])
+    zg = np.round(np.arange(0, 3.0001, 0.01), 2)
+    zm = z0 + km * (m0 - 20)
+    with np.errstate(divide="ignore"):
+        pz = zg[:, None] ** a * np.exp(-((zg[:, None] / zm) ** a))
+    pz = pz / pz.sum(0)
+    broad = np.array([0, 1, 1, 2, 2, 2, 2, 2])
+    n_per = np.bincount(broad)
+    t = np.asarray(grid.get_target("type")).astype(int)
+    zi = np.searchsorted(zg, np.asarray(grid.get_target("z")).round(2))
+    want = frac[broad[t]] / n_per[broad[t]] * pz[zi, broad[t]]
+    with np.errstate(divide="ignore"):
+        np.testing.assert_allclose(lp, np.log(want), rtol=1e-10)
+
+
+def test_flux_reference_missing_magnitude_and_gradients(x64, grids):
+    grid = grids[0]
+    p_mag = _prior(grid)
+    p_flux = _prior(grid, flux_zero_point=31.4)
+    t, o = grid.targets, grid.observables
+    x_mag = jnp.full(6, 24.0)
+    x_flux = jnp.full(6, 10 ** (-0.4 * (24.0 - 31.4)))
+    np.testing.assert_allclose(
+        np.asarray(p_flux.log_prob_for_models(t, o, x_flux)),
+        np.asarray(p_mag.log_prob_for_models(t, o, x_mag)),
+        rtol=1e-10,
+    )
+    missing = p_mag.log_prob_for_models(t, o, jnp.full(6, jnp.nan))
+    np.testing.assert_allclose(
+        np.asarray(missing), np.asarray(p_mag.log_prob_for_models(t, o, jnp.full(6, 25.0)))
+    )
+
+    def total(alpha):
+        q = BPZPrior(
+            alpha,
+            p_mag.z0,
+            p_mag.km,
+            p_mag.f,
+            p_mag.k,
+            p_mag.z_grid,
+            p_mag.broad_of_template,
+            p_mag.n_per_broad,
+            p_mag.ref_observable,
+            p_mag.z_col,
+            p_mag.type_col,
+        )
+        lp = q.log_prob_for_models(t[t[:, 0] > 0], o[t[:, 0] > 0], x_mag)
+        return jnp.sum(jnp.exp(lp) * t[t[:, 0] > 0][:, 0])  # the prior mean redshift
+
+    g = jax.grad(total)(p_mag.alpha)
+    eps = 1e-6
+    for i in range(3):
+        d = jnp.zeros(3).at[i].set(eps)
+        fd = (total(p_mag.alpha + d) - total(p_mag.alpha - d)) / (2 * eps)
+        assert float(g[i]) == pytest.approx(float(fd), rel=1e-5)
+
+
+def test_prior_mean_redshift_increases_with_magnitude(grids):
+    grid = grids[0]
+    p = _prior(grid)
+    zs = np.asarray(grid.get_target("z"))
+    means = []
+    for m0 in (20.0, 23.0, 26.0):
+        w = np.exp(
+            np.asarray(p.log_prob_for_models(grid.targets, grid.observables, jnp.full(6, m0)))
+        )
+        means.append(np.sum(w * zs))
+    assert means[0] < means[1] < means[2]
+
+
+def test_bad_arguments(grids):
+    with pytest.raises(ValueError, match="broad types"):
+        BPZPrior.hdfn(grids[0], "DC2LSST_i", broad_types=(0, 1, 3, 2, 2, 2, 2, 2))
+    with pytest.raises(ValueError, match="maps 3 templates"):
+        BPZPrior.hdfn(grids[0], "DC2LSST_i", broad_types=(0, 1, 2))
+    with pytest.raises(KeyError, match="unknown observable"):
+        BPZPrior.hdfn(grids[0], "mag_q").resolve(grids[0].target_names, grids[0].observable_names)
