@@ -32,7 +32,14 @@ import numpy as np
 
 from .grid import ModelGrid
 
-__all__ = ["read_sed", "read_filter", "band_fnu", "madau95_transmission", "build_template_grid"]
+__all__ = [
+    "read_sed",
+    "read_filter",
+    "band_fnu",
+    "madau95_transmission",
+    "build_template_grid",
+    "magnitudes_to_fluxes",
+]
 
 _LYMAN = np.array([1215.67, 1025.72, 972.54, 949.74])  # Ly alpha..delta, Angstrom
 _MADAU_A = np.array([3.6e-3, 1.7e-3, 1.2e-3, 9.3e-4])
@@ -202,3 +209,23 @@ def build_template_grid(
         "n_z": int(zz.size),
     }
     return ModelGrid(obs, targets, fnames, ["z", "type"], meta=meta)
+
+
+def magnitudes_to_fluxes(X: Any, SIG: Any, upper: Any = None, zero_point: float = 31.4):
+    """AB magnitudes (as `read_catalog` returns them) -> fluxes for flux-space fits.
+
+    Detected values: ``f = 10^(-0.4 (m - zp))`` and ``sigma_f = f sigma_m ln10/2.5``.
+    Upper limits (``upper``; the value is the 1-sigma limiting magnitude):
+    ``f = 0`` and ``sigma_f`` = the limit's flux, flagged. ``zero_point`` 31.4
+    gives nJy. Missing values stay NaN. Returns ``(F, SF, upper)``.
+    """
+    from .transforms import mag_to_flux, magerr_to_fluxerr
+
+    X = np.asarray(X, np.float64)
+    SIG = np.asarray(SIG, np.float64)
+    up = np.zeros(X.shape, bool) if upper is None else np.asarray(upper, bool)
+    F = mag_to_flux(X, zero_point=zero_point)
+    SF = magerr_to_fluxerr(X, SIG, zero_point=zero_point)
+    F = np.where(up, 0.0, F)
+    SF = np.where(up, mag_to_flux(X, zero_point=zero_point), SF)
+    return F, SF, up

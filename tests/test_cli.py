@@ -39,8 +39,20 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "fit" in out.stdout and "demo" in out.stdout
 
 
-def test_demo_runs_and_reports(tmp_path):
-    proc = jaxgrid("demo", "--n", 400, cwd=tmp_path)
+def test_photoz_demo_runs_and_prints_metrics(tmp_path):
+    proc = jaxgrid("demo", cwd=tmp_path)
+    assert "10,225 DC2 galaxies" in proc.stdout and "sigma_NMAD" in proc.stdout
+    assert "PIT: KS" in proc.stdout
+    import qp
+
+    ens = qp.read(str(tmp_path / "jaxgrid-demo" / "photoz_z.qp.hdf5"))
+    assert ens.npdf == 10_225 and "zmode" in ens.ancil
+    nmad = float(proc.stdout.split("sigma_NMAD ")[1].split(",")[0])
+    assert nmad < 0.07
+
+
+def test_synthetic_demo_runs_and_reports(tmp_path):
+    proc = jaxgrid("demo", "--synthetic", "--n", 400, cwd=tmp_path)
     assert "400 objects" in proc.stdout and "68% interval coverage" in proc.stdout
     out = tmp_path / "jaxgrid-demo" / "fit.h5"
     assert str(out) in proc.stdout
