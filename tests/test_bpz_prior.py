@@ -124,3 +124,46 @@ def test_bad_arguments(grids):
         BPZPrior.hdfn(grids[0], "DC2LSST_i", broad_types=(0, 1, 2))
     with pytest.raises(KeyError, match="unknown observable"):
         BPZPrior.hdfn(grids[0], "mag_q").resolve(grids[0].target_names, grids[0].observable_names)
+
+
+def test_fit_recovers_parameters_from_simulated_training_set():
+    # draw (type, z) from a known BPZ prior on a fine z grid, then fit it back
+    z = np.round(np.arange(0, 3.0001, 0.01), 2)
+    grid = build_template_grid(SEDS, FILTERS, z)
+    truth = dict(
+        alpha=(2.2, 1.7, 1.1),
+        z0=(0.35, 0.45, 0.15),
+        km=(0.08, 0.07, 0.10),
+        f=(0.3, 0.45),
+        k=(0.40, 0.12),
+    )
+    p_true = BPZPrior.hdfn(grid, "DC2LSST_i", params=truth).resolve(
+        grid.target_names, grid.observable_names
+    )
+    rng = np.random.default_rng(5)
+    n = 4000
+    m0 = rng.uniform(20, 26, n)
+    zs = np.empty(n)
+    zg = np.asarray(p_true.z_grid, np.float64)
+    lfs = np.asarray(jax.vmap(p_true.log_type_fractions)(jnp.asarray(m0)), np.float64)
+    lps = np.asarray(
+        jax.vmap(lambda m: p_true.log_pz_unnorm(p_true.z_grid, m))(jnp.asarray(m0)), np.float64
+    )
+    for i in range(n):
+        b = rng.choice(3, p=np.exp(lfs[i]) / np.exp(lfs[i]).sum())
+        w = np.exp(lps[i, :, b] - lps[i, :, b].max())
+        zs[i] = rng.choice(zg, p=w / w.sum()) + rng.uniform(-0.005, 0.005)
+    start = BPZPrior.hdfn(grid, "DC2LSST_i").resolve(grid.target_names, grid.observable_names)
+    fitted = start.fit(m0, np.clip(zs, 1e-3, None))
+    # the redshift distribution at each magnitude is recovered (parameters trade off)
+    for m in (20.5, 23.0, 25.5):
+
+        def mean_z(p):
+            lf = np.exp(np.asarray(p.log_type_fractions(m), np.float64))
+            lp = np.exp(np.asarray(p.log_pz_unnorm(zg, m), np.float64))
+            pz = (lp / lp.sum(0)) @ (lf / lf.sum())
+            return np.sum(pz * zg)
+
+        assert mean_z(fitted) == pytest.approx(mean_z(p_true), abs=0.03)
+    with pytest.raises(ValueError, match="at least 10"):
+        start.fit([21.0], [0.5])

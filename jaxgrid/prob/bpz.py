@@ -35,7 +35,7 @@ from jaxtyping import Array
 from .._checks import float_dtype
 from .priors import ObservableDependentPrior, _resolve
 
-__all__ = ["BPZPrior", "HDFN", "CWWSB4_BROAD_TYPES"]
+__all__ = ["BPZPrior", "HDFN", "CWWSB4_BROAD_TYPES", "fit_bpz_prior"]
 
 HDFN = {
     "alpha": (2.465, 1.806, 0.906),
@@ -145,6 +145,10 @@ class BPZPrior(ObservableDependentPrior):
 
     hdfn = for_grid  #: BPZPrior.hdfn(grid, ref_observable): the published HDF-N parameters
 
+    def fit(self, m0: Any, z_true: Any, maxiter: int = 500) -> BPZPrior:
+        """Maximum-likelihood parameters from a training set (see `fit_bpz_prior`)."""
+        return fit_bpz_prior(self, m0, z_true, maxiter)
+
     def resolve(self, target_names, observable_names=None):
         z = _resolve(self.z_col, target_names, "target", "BPZPrior")
         t = _resolve(self.type_col, target_names, "target", "BPZPrior")
@@ -205,3 +209,97 @@ class BPZPrior(ObservableDependentPrior):
         lp = self.log_pz_unnorm(z, m0)  # (Nc, 3)
         lp_b = jnp.take_along_axis(lp, b[:, None], axis=1)[:, 0]
         return self.log_type_fractions(m0)[b] - jnp.log(self.n_per_broad[b]) + lp_b - log_norm[b]
+
+
+def _unpack(theta):
+    """Unconstrained vector -> (alpha, z0, km, f, k) with alpha, z0 > 0 and
+    f_E, f_S > 0, f_E + f_S < 1 (a softmax over the three broad types at m0 = 20)."""
+    alpha, z0 = jnp.exp(theta[0:3]), jnp.exp(theta[3:6])
+    km = theta[6:9]
+    frac = jnp.exp(theta[9:12] - logsumexp(theta[9:12]))
+    return alpha, z0, km, frac[:2], theta[12:14]
+
+
+def fit_bpz_prior(prior: BPZPrior, m0: Any, z_true: Any, maxiter: int = 500) -> BPZPrior:
+    """Maximum-likelihood BPZ parameters from a training set with true redshifts.
+
+    Maximises ``sum_i log sum_b f_b(m0_i) p(z_i | b, m0_i)`` — the broad type
+    of a training galaxy is unknown, so the likelihood is the type mixture —
+    with ``p(z | b, m0)`` normalised as a density over the prior's redshift
+    grid (sum x dz). Positivity and ``f_E + f_S < 1`` are handled by
+    reparametrisation; L-BFGS (SciPy) with JAX gradients, in float64 on the
+    host. Rows with non-finite values are ignored. Returns a new prior.
+    """
+    import jax
+    from scipy.optimize import minimize
+
+    m = np.clip(np.asarray(m0, np.float64), 20.0, 32.0)
+    z = np.asarray(z_true, np.float64)
+    ok = np.isfinite(m) & np.isfinite(z) & (z > 0)
+    if ok.sum() < 10:
+        raise ValueError("fit_bpz_prior: need at least 10 objects with finite m0 and z > 0.")
+    m, z = m[ok], z[ok]
+    zg = np.asarray(prior.z_grid, np.float64)
+    dz = float(np.median(np.diff(zg))) if zg.size > 1 else 1.0
+
+    def nll(theta):
+        alpha, z0, km, f, k = _unpack(theta)
+        q = BPZPrior(
+            alpha,
+            z0,
+            km,
+            f,
+            k,
+            prior.z_grid,
+            prior.broad_of_template,
+            prior.n_per_broad,
+            prior.ref_observable,
+            prior.z_col,
+            prior.type_col,
+            prior.flux_zero_point,
+            prior.m0_missing,
+        )
+
+        def one(mi, zi):
+            log_norm = logsumexp(q.log_pz_unnorm(q.z_grid, mi), axis=0) + jnp.log(dz)
+            return logsumexp(q.log_type_fractions(mi) + q.log_pz_unnorm(zi, mi) - log_norm)
+
+        return -jnp.mean(jax.vmap(one)(jnp.asarray(m), jnp.asarray(z)))
+
+    f0 = np.asarray(prior.f, np.float64)
+    theta0 = np.concatenate(
+        [
+            np.log(np.asarray(prior.alpha, np.float64)),
+            np.log(np.asarray(prior.z0, np.float64)),
+            np.asarray(prior.km, np.float64),
+            np.log(np.append(f0, max(1 - f0.sum(), 1e-3))),
+            np.asarray(prior.k, np.float64),
+        ]
+    )
+    with jax.enable_x64(True):  # scoped to this fit; the global setting is untouched
+        vg = jax.jit(jax.value_and_grad(nll))
+
+        def fun(t):
+            v, g = vg(jnp.asarray(t))
+            v, g = float(v), np.asarray(g, np.float64)
+            if not (np.isfinite(v) and np.all(np.isfinite(g))):
+                return 1e10, np.zeros_like(g)  # outside the usable region: back-track
+            return v, g
+
+        res = minimize(fun, theta0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
+        alpha, z0, km, f, k = (np.asarray(a, np.float64) for a in _unpack(jnp.asarray(res.x)))
+    return BPZPrior(
+        alpha,
+        z0,
+        km,
+        f,
+        k,
+        prior.z_grid,
+        prior.broad_of_template,
+        prior.n_per_broad,
+        prior.ref_observable,
+        prior.z_col,
+        prior.type_col,
+        prior.flux_zero_point,
+        prior.m0_missing,
+    )
