@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["photoz_metrics", "pit_from_binned", "pit_ks"]
+__all__ = ["photoz_metrics", "pit_from_binned", "pit_ks", "pit_cvm", "coverage"]
 
 
 def photoz_metrics(z_true: Any, z_est: Any, outlier_cut: float = 0.15) -> dict[str, float]:
@@ -79,3 +79,27 @@ def pit_ks(pit: Any) -> float:
     n = v.size
     i = np.arange(1, n + 1)
     return float(max(np.max(i / n - v), np.max(v - (i - 1) / n)))
+
+
+def pit_cvm(pit: Any) -> float:
+    """Cramér-von Mises statistic ``omega^2`` of the (finite) PIT values against uniform:
+    ``1/(12 n) + sum_i ((2i - 1)/(2n) - u_(i))^2``, divided by ``n``."""
+    v = np.sort(np.asarray(pit, np.float64)[np.isfinite(pit)])
+    n = v.size
+    if n == 0:
+        return float("nan")
+    i = np.arange(1, n + 1)
+    return float((1.0 / (12 * n) + np.sum(((2 * i - 1) / (2 * n) - v) ** 2)) / n)
+
+
+def coverage(edges: Any, pdfs: Any, truth: Any, levels=(0.68, 0.95), kind: str = "density"):
+    """Fraction of truths inside each central credible interval of binned PDFs.
+
+    For level ``c`` the interval is between the ``(1-c)/2`` and ``(1+c)/2``
+    quantiles, i.e. ``|PIT - 1/2| <= c/2``. Works for any target. Returns
+    ``{level: fraction}`` over rows with a finite PIT; calibrated posteriors give
+    ``fraction ~= level``.
+    """
+    pit = pit_from_binned(edges, pdfs, truth, kind=kind)
+    ok = np.isfinite(pit)
+    return {float(c): float(np.mean(np.abs(pit[ok] - 0.5) <= c / 2)) for c in levels}

@@ -133,3 +133,26 @@ def test_pit_from_binned_and_ks():
     assert np.isnan(pit_from_binned(edges, np.zeros((1, 20)), [1.0])[0])
     u = np.random.default_rng(4).uniform(size=5000)
     assert pit_ks(u) < 0.03 and pit_ks(u**2) > 0.2
+
+
+def test_pit_cvm_and_coverage():
+    from scipy import stats
+
+    from jaxgrid.metrics import coverage, pit_cvm
+
+    u = np.random.default_rng(6).uniform(size=3000)
+    assert pit_cvm(u) * len(u) == pytest.approx(
+        stats.cramervonmises(u, "uniform").statistic, rel=1e-9
+    )
+    # Gaussian PDFs with the right width cover ~68% / 95%; too narrow ones less
+    rng = np.random.default_rng(7)
+    edges = np.linspace(-6, 6, 241)
+    c = 0.5 * (edges[1:] + edges[:-1])
+    truth = rng.normal(size=4000)
+    right = np.exp(-0.5 * c[None] ** 2) * np.ones((4000, 1))
+    narrow = np.exp(-0.5 * (c[None] / 0.5) ** 2) * np.ones((4000, 1))
+    cov = coverage(edges, right, truth)
+    assert cov[0.68] == pytest.approx(0.68, abs=0.03) and cov[0.95] == pytest.approx(
+        0.95, abs=0.015
+    )
+    assert coverage(edges, narrow, truth)[0.68] < 0.45
