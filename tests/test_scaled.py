@@ -175,3 +175,29 @@ def test_fitter_refuses_standardised_and_bad_options():
         GridFitter(
             grid, ScaledGaussianLikelihood(extensive_targets=["logM"]), use_standardised=False
         )
+
+
+@pytest.mark.parametrize("mode", ["profile", "marginal"])
+def test_flux_units_do_not_matter_in_float32(rng, mode):
+    # maggies (~1e-10) and template units (~1e6): float32 must neither overflow nor underflow
+    f, s, m = _case(rng)
+    upper = np.array([False, False, True, False, False, False])
+    lik = ScaledGaussianLikelihood(mode=mode)
+    ref_ll = np.asarray(
+        lik.log_likelihood(jnp.asarray(f), jnp.asarray(s), jnp.asarray(m), jnp.asarray(upper))
+    )
+    scale_f, scale_m = 3e-10, 2e6
+    got = np.asarray(
+        lik.log_likelihood(
+            jnp.asarray(f * scale_f),
+            jnp.asarray(s * scale_f),
+            jnp.asarray(m * scale_m),
+            jnp.asarray(upper),
+        )
+    )
+    assert np.all(np.isfinite(got))
+    # only the constant terms change: -sum log s (and log(a-scale) for the marginal)
+    shift = -np.sum(np.log(scale_f) * ~upper)
+    if mode == "marginal":
+        shift += np.log(scale_f / scale_m)
+    np.testing.assert_allclose(got - shift, ref_ll, rtol=2e-5, atol=2e-3)

@@ -135,21 +135,33 @@ class ScaledGaussianLikelihood(AbstractLikelihood):
         return f, s2, gauss, censored
 
     def _amplitude_terms(self, x, sigma, models, upper):
+        """Sums in rescaled units — fluxes and errors divided by the row's largest error
+        ``c``, each model by its largest band value ``d`` — so float32 neither
+        overflows nor underflows whatever the flux units (nJy or maggies); the
+        chi^2 is unchanged and the amplitude is ``a* = a' c / d``."""
         f, s2, gauss, censored = self._bands(x, sigma, upper)
-        w = jnp.where(gauss, 1.0 / s2, 0.0)
-        A = jnp.sum(models**2 * w, axis=-1)
-        B = jnp.sum(models * (f * w), axis=-1)
-        C = jnp.sum(f**2 * w)
+        used = gauss | censored
+        c2 = jnp.max(jnp.where(used, s2, 0.0))
+        c2 = jnp.where(c2 > 0, c2, 1.0)
+        d = jnp.max(jnp.abs(models), axis=-1)
+        d = jnp.where(d > 0, d, 1.0)
+        m = models / d[:, None]
+        fs, s2s = f / jnp.sqrt(c2), s2 / c2
+        w = jnp.where(gauss, 1.0 / s2s, 0.0)
+        A = jnp.sum(m**2 * w, axis=-1)
+        B = jnp.sum(m * (fs * w), axis=-1)
+        C = jnp.sum(fs**2 * w)
         A_safe = jnp.where(A > 0, A, 1.0)
-        a_star = jnp.maximum(jnp.where(A > 0, B / A_safe, 0.0), 0.0)
+        a_prime = jnp.maximum(jnp.where(A > 0, B / A_safe, 0.0), 0.0)
         const = -0.5 * jnp.sum(jnp.where(gauss, jnp.log(2.0 * jnp.pi * s2), 0.0))
-        return f, s2, gauss, censored, A, A_safe, B, C, a_star, const
+        log_scale = 0.5 * jnp.log(c2) - jnp.log(d)  # log(c / d): a* = a' c / d
+        return m, s2s, gauss, censored, A, A_safe, B, C, a_prime, const, log_scale
 
     def log_likelihood_and_chi2(self, x, sigma, models, upper=None):
-        f, s2, gauss, censored, A, A_safe, B, C, a_star, const = self._amplitude_terms(
+        m, s2s, gauss, censored, A, A_safe, B, C, a_prime, const, log_scale = self._amplitude_terms(
             x, sigma, models, upper
         )
-        chi2_best = jnp.maximum(C - 2.0 * B * a_star + A * a_star**2, 0.0)
+        chi2_best = jnp.maximum(C - 2.0 * B * a_prime + A * a_prime**2, 0.0)
         if self.mode == "profile":
             ll = const - 0.5 * chi2_best
         else:
@@ -159,11 +171,13 @@ class ScaledGaussianLikelihood(AbstractLikelihood):
                 - 0.5 * chi2_min
                 + 0.5 * jnp.log(2.0 * jnp.pi / A_safe)
                 + log_ndtr(B / jnp.sqrt(A_safe))
+                + log_scale  # da = (c / d) da'
             )
             ll = jnp.where(A > 0, ll, const - 0.5 * C)  # a model dark in every band
-        s_lim = jnp.sqrt(s2)
-        lim = log_ndtr((self.nondetection_nsigma * s_lim - a_star[:, None] * models) / s_lim)
-        ll = ll + jnp.sum(jnp.where(censored, lim, 0.0), axis=-1)
+        if self.nondetection == "censored" and upper is not None:
+            s_lim = jnp.sqrt(s2s)
+            lim = log_ndtr((self.nondetection_nsigma * s_lim - a_prime[:, None] * m) / s_lim)
+            ll = ll + jnp.sum(jnp.where(censored, lim, 0.0), axis=-1)
         any_band = jnp.any(gauss | censored)
         return jnp.where(any_band, ll, -jnp.inf), chi2_best
 
@@ -172,10 +186,12 @@ class ScaledGaussianLikelihood(AbstractLikelihood):
 
     def amplitude(self, x, sigma, models, upper=None):
         """The profile amplitude ``a*`` (>= 0) of each model."""
-        return self._amplitude_terms(x, sigma, models, upper)[8]
+        t = self._amplitude_terms(x, sigma, models, upper)
+        return t[8] * jnp.exp(t[10])
 
     def target_shift(self, x, sigma, models, upper=None):
         """``log10 a*`` per model, added to extensive targets. A model whose best
-        amplitude is 0 gets ``log10(1e-30)`` (far outside any bins) — such models
-        fit worse than any dimmed one and carry negligible weight."""
-        return jnp.log10(jnp.maximum(self.amplitude(x, sigma, models, upper), 1e-30))
+        amplitude is 0 gets ``log10(1e-30) + log10(c/d)`` (far outside any bins) —
+        such models fit worse than any dimmed one and carry negligible weight."""
+        t = self._amplitude_terms(x, sigma, models, upper)
+        return jnp.log10(jnp.maximum(t[8], 1e-30)) + t[10] / jnp.log(10.0)
