@@ -87,6 +87,7 @@ def fit_jaxgrid(grid, F, SF, upper, lik, prior, edges):
         stats_bins=[edges],
         return_pdf_for_stats=True,
         posterior_keep_mass=1.0,
+        return_candidates=False,  # full PDFs like BPZ; no candidate lists
         return_mode="chunks",
         verbose=False,
         chunk_size=1024,

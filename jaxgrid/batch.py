@@ -203,6 +203,7 @@ def plan_batch(
     model_block_size,
     memory_budget,
     fallback_to_full_grid=True,
+    return_candidates=True,
 ) -> BatchPlan:
     grid = fitter.grid
     p = grid.n_observables
@@ -249,6 +250,8 @@ def plan_batch(
     n_pool = k_cand if k_cand is not None else n_models
     cap = int(keep_max) if keep_max is not None else max(int(keep_min), DEFAULT_CAP)
     cap = max(1, min(cap, n_pool))
+    if not return_candidates and not truncate:
+        cap = 1  # summaries use every model; only the best one is tracked (no top-k)
 
     budget = int(memory_budget) if memory_budget is not None else _memory_budget()
     n_dev = jax.local_device_count()
@@ -334,6 +337,7 @@ def plan_batch(
         "posterior_keep_ties": bool(keep_ties),
         "candidate_cap": cap,
         "fallback_to_full_grid": bool(fallback_to_full_grid),
+        "return_candidates": bool(return_candidates),
         "version": __import__("jaxgrid").__version__,
     }
     return BatchPlan(
@@ -348,7 +352,7 @@ def plan_batch(
         params=params,
         data=data,
         chunk_size=chunk_size,
-        keep={"keep_mass": float(keep_mass)},
+        keep={"keep_mass": float(keep_mass), "return_candidates": bool(return_candidates)},
         return_pdf=bool(return_pdf_for_stats),
         configuration=configuration,
     )
@@ -513,8 +517,12 @@ class _Runner:
             "bad": (status & int(BAD_STATUS)) != 0,
             "level": level_rows,
             "keep_mass": np.full(n, plan.keep["keep_mass"]),
-            "candidate_idx": host.cand_idx[:n],
-            "candidate_w": host.cand_w[:n],
+            "candidate_idx": host.cand_idx[:n]
+            if plan.keep["return_candidates"]
+            else (np.zeros((n, 0), np.int32)),
+            "candidate_w": host.cand_w[:n]
+            if plan.keep["return_candidates"]
+            else (np.zeros((n, 0), np.float32)),
             "pdf": [p[:n] for p in host.pdf],
         }
         for f in (
@@ -622,6 +630,7 @@ def fit_batch(
     model_block_size: int | None = None,
     memory_budget_bytes: int | None = None,
     fallback_to_full_grid: bool = True,
+    return_candidates: bool = True,
 ):
     """See `GridFitter.fit_batch` (this is its implementation)."""
     if return_mode not in RETURN_MODES:
@@ -651,6 +660,7 @@ def fit_batch(
         model_block_size=model_block_size,
         memory_budget=memory_budget_bytes,
         fallback_to_full_grid=fallback_to_full_grid,
+        return_candidates=return_candidates,
     )
     if ids is not None and len(ids) != plan.X.shape[0]:
         raise ValueError(f"`ids` has {len(ids)} entries for {plan.X.shape[0]} rows.")

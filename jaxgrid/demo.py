@@ -244,6 +244,7 @@ def run_photoz_demo(
             stats_bins=[edges],
             return_pdf_for_stats=True,
             posterior_keep_mass=1.0,
+            return_candidates=False,  # full PDFs; no candidate lists, no top-k
             return_mode="chunks",
             output_hdf5_path=out,
             output_hdf5_group="/photoz",

@@ -177,6 +177,9 @@ def _top_k_then(config: StepConfig, params: StepParams, lw, log_z, n_valid, fini
     def full(_):
         return finish(*lax.top_k(lw, config.cap))
 
+    if config.cap == 1:  # only the best model: an argmax, no top-k
+        pos = jnp.argmax(lw, axis=1)[:, None]
+        return finish(jnp.take_along_axis(lw, pos, axis=1), pos.astype(jnp.int32))
     if config.fast_k >= config.cap:
         return lax.cond(jnp.all(n_valid >= 0), full, full, None)
     v1, p1 = lax.top_k(lw, config.fast_k)

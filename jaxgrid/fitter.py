@@ -319,6 +319,9 @@ class GridFitter:
           configuration, computing only rows whose status is not 1.
         * ``upper_limits``: (M, P) bool, values that are limits.
         * ``ids``: optional (M,) object ids for the table.
+        * ``return_candidates``: False drops the per-object candidate lists;
+          with truncation off (``posterior_keep_mass >= 0.9999``, no max) the
+          step then needs no top-k at all (full-PDF photo-z runs).
         * ``model_block_size, memory_budget_bytes``: the full-grid path blocks
           the model axis so a chunk's temporaries stay within the budget
           (default 512 MiB on CPU, a quarter of GPU memory); results

@@ -353,3 +353,30 @@ def test_bimodal_posterior_has_two_modes(x64):
         verbose=False,
     )
     assert r[0]["stats"]["t"]["nmodes"] == 2
+
+
+def test_return_candidates_false_skips_lists_keeps_summaries(rng, tmp_path):
+    grid = make_grid(rng, n=500, p=3, q=2)
+    fitter = GridFitter(grid)
+    X, S = _catalog(grid, rng, m=20)
+    kw = dict(
+        stats_for=["t0", "t1"],
+        stats_bins=EDGES,
+        return_mode="list",
+        verbose=False,
+        posterior_keep_mass=1.0,
+        chunk_size=8,
+        return_pdf_for_stats=True,
+    )
+    full = fitter.fit_batch(X, S, **kw)
+    lean = fitter.fit_batch(X, S, return_candidates=False, output_hdf5_path=tmp_path / "l.h5", **kw)
+    for a, b in zip(full, lean):
+        assert b["candidates"].size == 0 and b["post_models"].size == 0
+        assert a["best"] == b["best"] and a["log_evidence"] == b["log_evidence"]
+        assert a["stats"]["t1"] == b["stats"]["t1"]
+        np.testing.assert_array_equal(a["posts_target"]["t0"], b["posts_target"]["t0"])
+        assert a["truncation"]["n_after"] == b["truncation"]["n_before"] == 500
+    import h5py
+
+    with h5py.File(tmp_path / "l.h5") as f:
+        assert f["fit_batch/candidates/candidates"][3].size == 0
