@@ -51,7 +51,8 @@ class BPZPrior(ObservableDependentPrior):
     """p(z, T | m0) over the object's observed reference magnitude (see module docs).
 
     Build it for a grid with `BPZPrior.for_grid` (or `BPZPrior.hdfn`), which
-    records the grid's redshifts and how many templates each broad type has.
+    records the grid's redshifts and how many templates each broad type has;
+    models are evaluated at their nearest grid redshift (exact on that grid).
     ``m0`` comes from the row's ``ref_observable``: a magnitude, or a flux when
     ``flux_zero_point`` is given (``m0 = zp - 2.5 log10 f``); a missing or
     non-positive reference gives ``m0 = m0_missing``.
@@ -205,10 +206,16 @@ class BPZPrior(ObservableDependentPrior):
             self.broad_of_template.shape[0] - 1,
         )
         b = self.broad_of_template[tmpl]
-        log_norm = logsumexp(self.log_pz_unnorm(self.z_grid, m0), axis=0)  # (3,)
-        lp = self.log_pz_unnorm(z, m0)  # (Nc, 3)
-        lp_b = jnp.take_along_axis(lp, b[:, None], axis=1)[:, 0]
-        return self.log_type_fractions(m0)[b] - jnp.log(self.n_per_broad[b]) + lp_b - log_norm[b]
+        # The row's density on the grid redshifts, (Zg, 3), then one gather per
+        # model: models sit on the grid's z values (their index does not depend
+        # on the row, so it is computed once per chunk).
+        table = self.log_pz_unnorm(self.z_grid, m0)
+        table = table - logsumexp(table, axis=0) + self.log_type_fractions(m0)
+        table = table - jnp.log(self.n_per_broad)
+        # nearest grid redshift (exact for the grid the prior was built for)
+        hi = jnp.clip(jnp.searchsorted(self.z_grid, z), 1, self.z_grid.shape[0] - 1)
+        zi = jnp.where(jnp.abs(self.z_grid[hi - 1] - z) <= jnp.abs(self.z_grid[hi] - z), hi - 1, hi)
+        return table[zi, b]
 
 
 def _unpack(theta):

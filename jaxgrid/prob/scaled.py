@@ -145,11 +145,17 @@ class ScaledGaussianLikelihood(AbstractLikelihood):
         c2 = jnp.where(c2 > 0, c2, 1.0)
         d = jnp.max(jnp.abs(models), axis=-1)
         d = jnp.where(d > 0, d, 1.0)
-        m = models / d[:, None]
+        m = models / d[:, None]  # row-independent: computed once per chunk under vmap
         fs, s2s = f / jnp.sqrt(c2), s2 / c2
         w = jnp.where(gauss, 1.0 / s2s, 0.0)
-        A = jnp.sum(m**2 * w, axis=-1)
-        B = jnp.sum(m * (fs * w), axis=-1)
+        # A = sum_j m_j^2 w_j, B = sum_j m_j f_j w_j as a loop over the (few) bands:
+        # (models,) vector ops that XLA fuses into one pass, model columns shared
+        fw = fs * w
+        A = jnp.zeros(m.shape[0], m.dtype)
+        B = jnp.zeros(m.shape[0], m.dtype)
+        for j in range(m.shape[1]):
+            A = A + m[:, j] * m[:, j] * w[j]
+            B = B + m[:, j] * fw[j]
         C = jnp.sum(fs**2 * w)
         A_safe = jnp.where(A > 0, A, 1.0)
         a_prime = jnp.maximum(jnp.where(A > 0, B / A_safe, 0.0), 0.0)
