@@ -80,19 +80,7 @@ def test_flux_reference_missing_magnitude_and_gradients(x64, grids):
     )
 
     def total(alpha):
-        q = BPZPrior(
-            alpha,
-            p_mag.z0,
-            p_mag.km,
-            p_mag.f,
-            p_mag.k,
-            p_mag.z_grid,
-            p_mag.broad_of_template,
-            p_mag.n_per_broad,
-            p_mag.ref_observable,
-            p_mag.z_col,
-            p_mag.type_col,
-        )
+        q = p_mag.with_params(alpha, p_mag.z0, p_mag.km, p_mag.f, p_mag.k)
         lp = q.log_prob_for_models(t[t[:, 0] > 0], o[t[:, 0] > 0], x_mag)
         return jnp.sum(jnp.exp(lp) * t[t[:, 0] > 0][:, 0])  # the prior mean redshift
 

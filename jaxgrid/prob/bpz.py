@@ -146,6 +146,24 @@ class BPZPrior(ObservableDependentPrior):
 
     hdfn = for_grid  #: BPZPrior.hdfn(grid, ref_observable): the published HDF-N parameters
 
+    def with_params(self, alpha, z0, km, f, k) -> BPZPrior:
+        """The same prior (grid, columns) with other parameters."""
+        return BPZPrior(
+            alpha,
+            z0,
+            km,
+            f,
+            k,
+            self.z_grid,
+            self.broad_of_template,
+            self.n_per_broad,
+            self.ref_observable,
+            self.z_col,
+            self.type_col,
+            self.flux_zero_point,
+            self.m0_missing,
+        )
+
     def fit(self, m0: Any, z_true: Any, maxiter: int = 500) -> BPZPrior:
         """Maximum-likelihood parameters from a training set (see `fit_bpz_prior`)."""
         return fit_bpz_prior(self, m0, z_true, maxiter)
@@ -251,21 +269,7 @@ def fit_bpz_prior(prior: BPZPrior, m0: Any, z_true: Any, maxiter: int = 500) -> 
 
     def nll(theta):
         alpha, z0, km, f, k = _unpack(theta)
-        q = BPZPrior(
-            alpha,
-            z0,
-            km,
-            f,
-            k,
-            prior.z_grid,
-            prior.broad_of_template,
-            prior.n_per_broad,
-            prior.ref_observable,
-            prior.z_col,
-            prior.type_col,
-            prior.flux_zero_point,
-            prior.m0_missing,
-        )
+        q = prior.with_params(alpha, z0, km, f, k)
 
         def one(mi, zi):
             log_norm = logsumexp(q.log_pz_unnorm(q.z_grid, mi), axis=0) + jnp.log(dz)
@@ -295,18 +299,4 @@ def fit_bpz_prior(prior: BPZPrior, m0: Any, z_true: Any, maxiter: int = 500) -> 
 
         res = minimize(fun, theta0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
         alpha, z0, km, f, k = (np.asarray(a, np.float64) for a in _unpack(jnp.asarray(res.x)))
-    return BPZPrior(
-        alpha,
-        z0,
-        km,
-        f,
-        k,
-        prior.z_grid,
-        prior.broad_of_template,
-        prior.n_per_broad,
-        prior.ref_observable,
-        prior.z_col,
-        prior.type_col,
-        prior.flux_zero_point,
-        prior.m0_missing,
-    )
+    return prior.with_params(alpha, z0, km, f, k)
