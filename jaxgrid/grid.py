@@ -234,6 +234,35 @@ class ModelGrid:
     def inverse_transform_targets(self, values: Any) -> Any:
         return self.target_standardiser.inverse_transform(values)
 
+    # ---------------------------------------------------------- interpolation
+    def interpolate_observables(
+        self,
+        targets_query,
+        mode="idw",
+        k=32,
+        p=2.0,
+        eps=1e-12,
+        standardize=True,
+        ridge=1e-8,
+        fill_value=np.nan,
+    ):
+        """Observables predicted at arbitrary targets from the grid's neighbours
+        (``"nearest"``, ``"idw"``, ``"local_linear"``); differentiable with
+        respect to the query. See `jaxgrid.interpolate.interpolate_observables`."""
+        from .interpolate import interpolate_observables
+
+        return interpolate_observables(
+            self,
+            targets_query,
+            mode=mode,
+            k=k,
+            p=p,
+            eps=eps,
+            standardize=standardize,
+            ridge=ridge,
+            fill_value=fill_value,
+        )
+
     # ------------------------------------------------------------------ files
     def to_fits_table(self, path, hdu_name="MODELGRID", overwrite=False, include_meta=True):
         """Write a FITS binary table (see `jaxgrid.io.grid_files.write_fits`)."""
