@@ -1,0 +1,78 @@
+"""Learning zero points and prior parameters from a simulated catalog."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgrid import GridFitter, ModelGrid
+from jaxgrid.calibrate import calibrate, catalog_log_likelihood
+from jaxgrid.prob import GaussianPrior1D, GaussianProductLikelihood
+
+SLOPES = np.array([1.0, -0.6, 0.3])
+OFFS = np.array([20.0, 21.0, 19.5])
+
+
+def _problem(n_obj=3000, seed=0):
+    t = np.linspace(-5, 5, 1001)
+    grid = ModelGrid(OFFS + t[:, None] * SLOPES, t[:, None], ["b0", "b1", "b2"], ["t"])
+    rng = np.random.default_rng(seed)
+    t_true = rng.normal(0.7, 0.9, n_obj)
+    zp_true = np.array([0.05, -0.03, 0.0])
+    X = OFFS + t_true[:, None] * SLOPES - zp_true + rng.normal(0, 0.1, (n_obj, 3))
+    S = np.full_like(X, 0.1)
+    return grid, X, S, zp_true
+
+
+def prior_fn(p):
+    return GaussianPrior1D("t", p["mu"], jnp.exp(p["log_sigma"]))
+
+
+def test_gradient_of_catalog_likelihood_matches_finite_differences(x64):
+    grid, X, S, _ = _problem(n_obj=200)
+    fitter = GridFitter(grid, GaussianProductLikelihood(), use_standardised=False)
+    params = {
+        "zero_points": jnp.array([0.01, -0.02, 0.0]),
+        "log_error_scale": jnp.zeros(3),
+        "prior": {"mu": jnp.array(0.5), "log_sigma": jnp.array(0.1)},
+    }
+    val, grad, n = catalog_log_likelihood(fitter, X, S, params, prior_fn=prior_fn, chunk_size=64)
+    assert n == 200 and np.isfinite(val)
+    eps = 1e-6
+    for path, g in [
+        (("prior", "mu"), grad["prior"]["mu"]),
+        (("zero_points", 1), grad["zero_points"][1]),
+        (("log_error_scale", 2), grad["log_error_scale"][2]),
+    ]:
+
+        def shifted(d):
+            p = jax.tree_util.tree_map(lambda a: a, params)
+            if path[0] == "prior":
+                p["prior"] = dict(p["prior"], mu=p["prior"]["mu"] + d)
+            else:
+                p[path[0]] = p[path[0]].at[path[1]].add(d)
+            return catalog_log_likelihood(fitter, X, S, p, prior_fn=prior_fn, chunk_size=64)[0]
+
+        fd = (shifted(eps) - shifted(-eps)) / (2 * eps)
+        assert float(g) == pytest.approx(fd, rel=1e-5)
+
+
+def test_calibrate_recovers_offsets_and_prior_within_errors(x64):
+    grid, X, S, zp_true = _problem()
+    fitter = GridFitter(grid, GaussianProductLikelihood(), use_standardised=False)
+    params = {
+        "zero_points": jnp.zeros(3),
+        "prior": {"mu": jnp.array(0.0), "log_sigma": jnp.array(0.0)},
+    }
+    res = calibrate(fitter, X, S, params, prior_fn=prior_fn, fixed_zero_points=[2], chunk_size=500)
+    assert res["success"] and res["n_objects"] == 3000
+    zp, err = np.asarray(res["params"]["zero_points"]), np.asarray(res["stderr"]["zero_points"])
+    assert err[2] == 0 and zp[2] == 0
+    for j in (0, 1):
+        assert abs(zp[j] - zp_true[j]) < 3 * err[j], (zp, err)
+        assert err[j] < 0.02
+    mu, mu_err = float(res["params"]["prior"]["mu"]), float(res["stderr"]["prior"]["mu"])
+    sig = float(np.exp(res["params"]["prior"]["log_sigma"]))
+    sig_err = float(res["stderr"]["prior"]["log_sigma"]) * sig
+    assert abs(mu - 0.7) < 3 * mu_err and abs(sig - 0.9) < 3 * sig_err
+    assert mu_err < 0.05
