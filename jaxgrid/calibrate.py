@@ -114,6 +114,8 @@ def catalog_log_likelihood(
     fixed = np.zeros(p, bool)
     fixed[list(fixed_zero_points)] = True
     fn = _make_chunk_fn(fitter, prior_fn, zero_points, jnp.asarray(fixed))
+    dt = float_dtype()
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dt), params)
     flat, unravel = ravel_pytree(params)
 
     def flat_total(theta, x, s, u, v):
@@ -121,7 +123,6 @@ def catalog_log_likelihood(
 
     vg = jax.jit(jax.value_and_grad(flat_total, has_aux=True))
     hess = jax.jit(jax.hessian(lambda t, *a: flat_total(t, *a)[0])) if hessian else None
-    dt = float_dtype()
     total, grad, n_used = 0.0, np.zeros(flat.size), 0
     H = np.zeros((flat.size, flat.size)) if hessian else None
     for a in range(0, X.shape[0], chunk_size):
@@ -173,8 +174,27 @@ def calibrate(
     standard errors come from the exact Hessian at the optimum. Returns a
     `CalibrationResult`.
     """
+    with jax.enable_x64(True):  # scoped: float64 parameters and objective
+        return _calibrate(
+            fitter,
+            X,
+            S,
+            params,
+            upper,
+            prior_fn,
+            zero_points,
+            fixed_zero_points,
+            chunk_size,
+            maxiter,
+        )
+
+
+def _calibrate(
+    fitter, X, S, params, upper, prior_fn, zero_points, fixed_zero_points, chunk_size, maxiter
+):
     from scipy.optimize import minimize
 
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
     flat0, unravel = ravel_pytree(params)
     kw = dict(
         upper=upper,
