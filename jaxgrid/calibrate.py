@@ -205,12 +205,18 @@ def _calibrate(
     )
     m = max(int(np.sum(np.any(np.isfinite(np.asarray(X, np.float64)), axis=1))), 1)
 
+    last = {"f": None, "g": np.zeros(flat0.size)}
+
     def fun(theta):
         val, g, _ = catalog_log_likelihood(fitter, X, S, unravel(jnp.asarray(theta)), **kw)
         gflat = np.asarray(ravel_pytree(g)[0], np.float64)
         if not np.isfinite(val) or not np.all(np.isfinite(gflat)):
-            return 1e30, np.zeros_like(gflat)
-        return -val / m, -gflat / m
+            # outside the usable region: a large value with the last good gradient makes
+            # the line search back-track (a zero gradient would stop the optimiser)
+            bad = 1e3 * (1.0 + abs(last["f"])) if last["f"] is not None else 1e30
+            return bad, last["g"]
+        last["f"], last["g"] = -val / m, -gflat / m
+        return last["f"], last["g"]
 
     res = minimize(
         fun,
