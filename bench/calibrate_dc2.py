@@ -56,8 +56,6 @@ def main():
         params,
         upper=up[train],
         prior_fn=prior_fn,
-        zero_points="flux",
-        fixed_zero_points=[3],
         chunk_size=512,
         maxiter=60,
     )
@@ -65,20 +63,13 @@ def main():
         f"calibration on {len(train)} objects: {time.perf_counter() - t0:.0f} s, "
         f"{res['n_iterations']} iterations, success={res['success']}"
     )
-    print(
-        "zero points (mag):",
-        np.round(np.asarray(res["params"]["zero_points"]), 4),
-        "+-",
-        np.round(np.asarray(res["stderr"]["zero_points"]), 4),
-    )
+    for key, val in res["params"]["prior"].items():
+        err = np.asarray(res["stderr"]["prior"][key])
+        print(f"  {key}: {np.round(np.asarray(val), 4)} +- {np.round(err, 4)}")
     edges = np.round(np.arange(-0.005, 3.0051, 0.01), 6)
     for name, prior, zp in (
-        ("HDF-N prior, no zero points", base, np.zeros(6)),
-        (
-            "learned prior + zero points",
-            prior_fn(res["params"]["prior"]),
-            np.asarray(res["params"]["zero_points"]),
-        ),
+        ("HDF-N prior (literature)", base, np.zeros(6)),
+        ("learned prior", prior_fn(res["params"]["prior"]), np.zeros(6)),
     ):
         Ft = F[test] * 10 ** (-0.4 * zp)
         St = SF[test] * 10 ** (-0.4 * zp)
