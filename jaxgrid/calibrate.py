@@ -171,8 +171,10 @@ def calibrate(
     """Maximise the catalog log marginal likelihood over ``params`` (see module docs).
 
     L-BFGS-B (SciPy) on the flattened parameters with exact gradients; the
-    standard errors come from the exact Hessian at the optimum. Returns a
-    `CalibrationResult`.
+    standard errors come from the exact Hessian at the optimum. With
+    ``zero_point_sigma`` the free zero points get a Gaussian prior N(0, sigma)
+    (a maximum a posteriori fit): offsets then cannot absorb template mismatch
+    without bound. Returns a `CalibrationResult`.
     """
     with jax.enable_x64(True):  # scoped: float64 parameters and objective
         return _calibrate(

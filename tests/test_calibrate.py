@@ -151,3 +151,26 @@ def test_catalog_gradients_every_family_fd_and_chunking(x64):
             - catalog_log_likelihood(fitter, X, S, unravel(flat - d), chunk_size=32, **kw)[0]
         ) / (2 * eps)
         assert gflat[i] == pytest.approx(fd, rel=1e-6, abs=1e-6), i
+
+
+def test_zero_point_prior_penalty(x64):
+    grid, X, S, _ = _problem(n_obj=100)
+    fitter = GridFitter(grid, GaussianProductLikelihood(), use_standardised=False)
+    params = {"zero_points": jnp.array([0.04, -0.02, 0.3])}
+    v0, g0, n = catalog_log_likelihood(fitter, X, S, params, fixed_zero_points=[2], chunk_size=50)
+    v1, g1, H1, _ = catalog_log_likelihood(
+        fitter,
+        X,
+        S,
+        params,
+        fixed_zero_points=[2],
+        chunk_size=50,
+        zero_point_sigma=0.05,
+        hessian=True,
+    )
+    assert v1 == pytest.approx(v0 - 0.5 * ((0.04 / 0.05) ** 2 + (0.02 / 0.05) ** 2), rel=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(g1["zero_points"]),
+        np.asarray(g0["zero_points"]) - np.array([0.04, -0.02, 0]) / 0.0025,
+        rtol=1e-10,
+    )
