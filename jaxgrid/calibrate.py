@@ -100,13 +100,39 @@ def catalog_log_likelihood(
     fixed_zero_points: Sequence[int] = (),
     chunk_size: int = 256,
     hessian: bool = False,
+    zero_point_sigma: float | None = None,
 ):
     """``(sum_i log Z_i, gradient pytree[, hessian (n, n)], n_used)`` over the catalog.
 
     Chunks of ``chunk_size`` rows (the tail padded and masked) go through one
     compiled value-and-gradient function. Rows without a usable observable
-    (``log Z = -inf``) are left out and not counted.
+    (``log Z = -inf``) are left out and not counted. ``zero_point_sigma`` adds a
+    Gaussian prior N(0, sigma) on each free zero point (a log posterior). The
+    arithmetic follows the JAX float setting (`calibrate` runs it in float64).
     """
+    out = _catalog_log_likelihood(
+        fitter, X, S, params, upper, prior_fn, zero_points, fixed_zero_points, chunk_size, hessian
+    )
+    if zero_point_sigma is None or "zero_points" not in params:
+        return out
+    sig = float(zero_point_sigma)
+    zp = np.asarray(params["zero_points"], np.float64)
+    free = np.ones(zp.size, bool)
+    free[list(fixed_zero_points)] = False
+    total = out[0] - 0.5 * np.sum((zp[free] / sig) ** 2)
+    grad = dict(out[1])
+    grad["zero_points"] = out[1]["zero_points"] - jnp.asarray(np.where(free, zp / sig**2, 0.0))
+    rest = list(out[2:])
+    if hessian:
+        probe = jax.tree_util.tree_map(jnp.zeros_like, params)
+        probe["zero_points"] = jnp.asarray(free.astype(np.float64))
+        rest[0] = rest[0] - np.diag(np.asarray(ravel_pytree(probe)[0], np.float64) / sig**2)
+    return (total, grad, *rest)
+
+
+def _catalog_log_likelihood(
+    fitter, X, S, params, upper, prior_fn, zero_points, fixed_zero_points, chunk_size, hessian
+):
     p = fitter.grid.n_observables
     X = np.asarray(X, np.float64)
     S = np.asarray(S, np.float64)
@@ -167,6 +193,7 @@ def calibrate(
     fixed_zero_points: Sequence[int] = (),
     chunk_size: int = 256,
     maxiter: int = 200,
+    zero_point_sigma: float | None = None,
 ) -> CalibrationResult:
     """Maximise the catalog log marginal likelihood over ``params`` (see module docs).
 
@@ -188,11 +215,22 @@ def calibrate(
             fixed_zero_points,
             chunk_size,
             maxiter,
+            zero_point_sigma,
         )
 
 
 def _calibrate(
-    fitter, X, S, params, upper, prior_fn, zero_points, fixed_zero_points, chunk_size, maxiter
+    fitter,
+    X,
+    S,
+    params,
+    upper,
+    prior_fn,
+    zero_points,
+    fixed_zero_points,
+    chunk_size,
+    maxiter,
+    zero_point_sigma,
 ):
     from scipy.optimize import minimize
 
@@ -204,6 +242,7 @@ def _calibrate(
         zero_points=zero_points,
         fixed_zero_points=fixed_zero_points,
         chunk_size=chunk_size,
+        zero_point_sigma=zero_point_sigma,
     )
     m = max(int(np.sum(np.any(np.isfinite(np.asarray(X, np.float64)), axis=1))), 1)
 
