@@ -174,3 +174,31 @@ def test_zero_point_prior_penalty(x64):
         np.asarray(g0["zero_points"]) - np.array([0.04, -0.02, 0]) / 0.0025,
         rtol=1e-10,
     )
+
+
+def test_grad_of_posterior_weights_and_target_moments(x64):
+    from jaxgrid.prob import posterior_over_models
+
+    rng = np.random.default_rng(4)
+    models = jnp.asarray(rng.normal(size=(80, 3)))
+    targets = jnp.asarray(rng.uniform(0, 2, size=(80, 1)))
+    x = models[5] + 0.2
+    s = jnp.full(3, 0.6)
+    lik = GaussianProductLikelihood()
+
+    def moments(mu, zp):
+        w = posterior_over_models(x + zp, s, models, targets, lik, GaussianPrior1D(0, mu, 0.4))
+        mean = jnp.sum(w * targets[:, 0])
+        var = jnp.sum(w * (targets[:, 0] - mean) ** 2)
+        return jnp.stack([w[5], mean, var])
+
+    mu0, zp0 = jnp.array(1.1), jnp.array([0.05, -0.02, 0.0])
+    jac_mu = np.asarray(jax.jacfwd(moments, argnums=0)(mu0, zp0))
+    jac_zp = np.asarray(jax.jacrev(moments, argnums=1)(mu0, zp0))
+    eps = 1e-6
+    fd_mu = (np.asarray(moments(mu0 + eps, zp0)) - np.asarray(moments(mu0 - eps, zp0))) / (2 * eps)
+    np.testing.assert_allclose(jac_mu, fd_mu, rtol=1e-6, atol=1e-10)
+    for j in range(3):
+        d = jnp.zeros(3).at[j].set(eps)
+        fd = (np.asarray(moments(mu0, zp0 + d)) - np.asarray(moments(mu0, zp0 - d))) / (2 * eps)
+        np.testing.assert_allclose(jac_zp[:, j], fd, rtol=1e-6, atol=1e-10)
