@@ -39,6 +39,15 @@ from .engine import _evaluate
 __all__ = ["catalog_log_likelihood", "calibrate", "CalibrationResult"]
 
 
+def _flat_zero_point_mask(params, entries) -> np.ndarray:
+    """(n,) bool over the flattened parameters: True at the given zero-point entries."""
+    probe = jax.tree_util.tree_map(jnp.zeros_like, params)
+    zp = np.zeros(np.asarray(params["zero_points"]).shape)
+    zp[list(entries)] = 1.0
+    probe["zero_points"] = jnp.asarray(zp)
+    return np.asarray(ravel_pytree(probe)[0]) != 0
+
+
 def _apply(params, x, s, zp_kind, fixed_mask):
     zp = params.get("zero_points")
     if zp is not None:
@@ -124,9 +133,8 @@ def catalog_log_likelihood(
     grad["zero_points"] = out[1]["zero_points"] - jnp.asarray(np.where(free, zp / sig**2, 0.0))
     rest = list(out[2:])
     if hessian:
-        probe = jax.tree_util.tree_map(jnp.zeros_like, params)
-        probe["zero_points"] = jnp.asarray(free.astype(np.float64))
-        rest[0] = rest[0] - np.diag(np.asarray(ravel_pytree(probe)[0], np.float64) / sig**2)
+        mask = _flat_zero_point_mask(params, np.flatnonzero(free))
+        rest[0] = rest[0] - np.diag(mask.astype(np.float64) / sig**2)
     return (total, grad, *rest)
 
 
@@ -203,39 +211,6 @@ def calibrate(
     (a maximum a posteriori fit): offsets then cannot absorb template mismatch
     without bound. Returns a `CalibrationResult`.
     """
-    with jax.enable_x64(True):  # scoped: float64 parameters and objective
-        return _calibrate(
-            fitter,
-            X,
-            S,
-            params,
-            upper,
-            prior_fn,
-            zero_points,
-            fixed_zero_points,
-            chunk_size,
-            maxiter,
-            zero_point_sigma,
-        )
-
-
-def _calibrate(
-    fitter,
-    X,
-    S,
-    params,
-    upper,
-    prior_fn,
-    zero_points,
-    fixed_zero_points,
-    chunk_size,
-    maxiter,
-    zero_point_sigma,
-):
-    from scipy.optimize import minimize
-
-    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
-    flat0, unravel = ravel_pytree(params)
     kw = dict(
         upper=upper,
         prior_fn=prior_fn,
@@ -244,6 +219,15 @@ def _calibrate(
         chunk_size=chunk_size,
         zero_point_sigma=zero_point_sigma,
     )
+    with jax.enable_x64(True):  # scoped: float64 parameters and objective
+        return _calibrate(fitter, X, S, params, maxiter, kw)
+
+
+def _calibrate(fitter, X, S, params, maxiter, kw):
+    from scipy.optimize import minimize
+
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+    flat0, unravel = ravel_pytree(params)
     m = max(int(np.sum(np.any(np.isfinite(np.asarray(X, np.float64)), axis=1))), 1)
 
     last = {"f": None, "g": np.zeros(flat0.size)}
@@ -269,13 +253,8 @@ def _calibrate(
     best = unravel(jnp.asarray(res.x))
     val, _, H, n = catalog_log_likelihood(fitter, X, S, best, hessian=True, **kw)
     fixed = np.zeros(flat0.size, bool)
-    if "zero_points" in params and len(fixed_zero_points):
-        # locate the fixed zero-point entries in the flat vector
-        probe = jax.tree_util.tree_map(jnp.zeros_like, params)
-        zp = np.zeros(np.asarray(params["zero_points"]).shape)
-        zp[list(fixed_zero_points)] = 1.0
-        probe["zero_points"] = jnp.asarray(zp)
-        fixed = np.asarray(ravel_pytree(probe)[0]) != 0
+    if "zero_points" in params and len(kw["fixed_zero_points"]):
+        fixed = _flat_zero_point_mask(params, kw["fixed_zero_points"])
     free = ~fixed
     cov = np.full((flat0.size, flat0.size), np.nan)
     try:
