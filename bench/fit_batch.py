@@ -38,6 +38,17 @@ def make_problem(n, p, q, m, seed=0):
     return obs, tgt, X, S
 
 
+def numpy_hist_stats(values, w, edges):
+    """The NumPy baseline's summaries of one target: mean, std, MAP, 16/50/84 %."""
+    mass, _ = np.histogram(values, bins=edges, weights=w)
+    p = mass / mass.sum()
+    cen = 0.5 * (edges[1:] + edges[:-1])
+    mean = np.sum(p * cen)
+    std = np.sqrt(np.sum(p * (cen - mean) ** 2))
+    cdf = np.concatenate([[0], np.cumsum(p)])
+    return (mean, std, cen[np.argmax(mass)], *np.interp([0.16, 0.5, 0.84], cdf, edges))
+
+
 def numpy_fit(obs, tgt, X, S, cols, edges, keep_mass=0.99, keep_min=128, cap=1024):
     """Straightforward per-object NumPy implementation (float32, like jaxgrid's default)."""
     out = []
@@ -55,16 +66,7 @@ def numpy_fit(obs, tgt, X, S, cols, edges, keep_mass=0.99, keep_min=128, cap=102
         n_keep = min(max(int(np.searchsorted(cum, keep_mass)) + 1, keep_min), cap)
         kept = top[:n_keep]
         wk = w[kept] / w[kept].sum()
-        stats = []
-        for c, e in zip(cols, edges, strict=True):
-            mass, _ = np.histogram(tgt[kept, c], bins=e, weights=wk)
-            p = mass / mass.sum()
-            cen = 0.5 * (e[1:] + e[:-1])
-            mean = np.sum(p * cen)
-            std = np.sqrt(np.sum(p * (cen - mean) ** 2))
-            cdf = np.concatenate([[0], np.cumsum(p)])
-            qs = np.interp([0.16, 0.5, 0.84], cdf, e)
-            stats.append((mean, std, cen[np.argmax(mass)], *qs))
+        stats = [numpy_hist_stats(tgt[kept, c], wk, e) for c, e in zip(cols, edges, strict=True)]
         out.append((log_z, chi2.min(), kept, wk, stats))
     return out
 
@@ -135,20 +137,7 @@ def numpy_fit_candidates(obs, tgt, X, S, cand, cols, edges, keep_mass=0.99, keep
         n_keep = min(max(int(np.searchsorted(cum, keep_mass)) + 1, keep_min), c.size)
         kept = order[:n_keep]
         wk = w[kept] / w[kept].sum()
-        stats = []
-        for col, e in zip(cols, edges, strict=True):
-            mass, _ = np.histogram(t[kept, col], bins=e, weights=wk)
-            p = mass / mass.sum()
-            cen = 0.5 * (e[1:] + e[:-1])
-            mean = np.sum(p * cen)
-            cdf = np.concatenate([[0], np.cumsum(p)])
-            stats.append(
-                (
-                    mean,
-                    np.sqrt(np.sum(p * (cen - mean) ** 2)),
-                    *np.interp([0.16, 0.5, 0.84], cdf, e),
-                )
-            )
+        stats = [numpy_hist_stats(t[kept, col], wk, e) for col, e in zip(cols, edges, strict=True)]
         out.append((chi2.min(), c[kept], wk, stats))
     return out
 
