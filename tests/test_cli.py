@@ -25,6 +25,11 @@ def jaxgrid(*args, cwd=None, check=True):
     return proc
 
 
+def fit_inputs(folder):
+    """``fit --grid ... --catalog ...`` for the demo files."""
+    return ["fit", "--grid", folder / "grid.h5", "--catalog", folder / "catalog.fits"]
+
+
 @pytest.fixture(scope="module")
 def demo_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo")
@@ -69,11 +74,7 @@ def test_synthetic_demo_runs_and_reports(tmp_path):
 def test_fit_hdf5_and_info(demo_files, tmp_path):
     out = tmp_path / "fit.h5"
     proc = jaxgrid(
-        "fit",
-        "--grid",
-        demo_files / "grid.h5",
-        "--catalog",
-        demo_files / "catalog.fits",
+        *fit_inputs(demo_files),
         "--out",
         out,
         "--stats",
@@ -109,11 +110,7 @@ def test_fit_fits_qp_resume_and_config(demo_files, tmp_path):
     )
     out = tmp_path / "res.fits"
     jaxgrid(
-        "fit",
-        "--grid",
-        demo_files / "grid.h5",
-        "--catalog",
-        demo_files / "catalog.fits",
+        *fit_inputs(demo_files),
         "--out",
         out,
         "--config",
@@ -130,11 +127,7 @@ def test_fit_fits_qp_resume_and_config(demo_files, tmp_path):
     assert len(t) == 300 and "logM_median" in t.colnames and list(t["id"][:3]) == [1, 2, 3]
     qp_out = tmp_path / "res.h5"
     proc = jaxgrid(
-        "fit",
-        "--grid",
-        demo_files / "grid.h5",
-        "--catalog",
-        demo_files / "catalog.fits",
+        *fit_inputs(demo_files),
         "--out",
         qp_out,
         "--config",
@@ -151,11 +144,7 @@ def test_fit_fits_qp_resume_and_config(demo_files, tmp_path):
     # resume: a finished file resumes to a no-op; a different setting is refused
     h5 = tmp_path / "r.h5"
     args = [
-        "fit",
-        "--grid",
-        demo_files / "grid.h5",
-        "--catalog",
-        demo_files / "catalog.fits",
+        *fit_inputs(demo_files),
         "--out",
         h5,
         "--quiet",
@@ -169,11 +158,7 @@ def test_fit_fits_qp_resume_and_config(demo_files, tmp_path):
 def test_dry_run_writes_nothing(demo_files, tmp_path):
     out = tmp_path / "dry.h5"
     proc = jaxgrid(
-        "fit",
-        "--grid",
-        demo_files / "grid.h5",
-        "--catalog",
-        demo_files / "catalog.fits",
+        *fit_inputs(demo_files),
         "--out",
         out,
         "--dry-run",
