@@ -91,9 +91,8 @@ def fit_jaxgrid(grid, F, SF, upper, lik, prior, edges):
         return_candidates=False,  # full PDFs like BPZ; no candidate lists
         return_mode="chunks",
         verbose=False,
-        chunk_size=1024,
     )
-    list(fitter.fit_batch(F[:1024], SF[:1024], **{**kw, "upper_limits": upper[:1024]}))
+    list(fitter.fit_batch(F, SF, **kw))  # compile (the default chunk size: 512 rows here)
     t0 = time.perf_counter()
     chunks = list(fitter.fit_batch(F, SF, **kw))
     dt = time.perf_counter() - t0

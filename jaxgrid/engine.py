@@ -32,7 +32,18 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .fitter import GridData
 from .prob.priors import prior_log_prob
-from .summaries import Moments, bin_index, hist_stats, kde_masses, merge_moments, moments
+from .summaries import (
+    Moments,
+    argmax_last,
+    bin_index,
+    cumsum_last,
+    dense_histogram,
+    hist_stats,
+    histogram_from_index,
+    kde_masses,
+    merge_moments,
+    moments,
+)
 
 __all__ = [
     "Status",
@@ -92,6 +103,9 @@ class StepConfig:
     use_kde: bool
     fast_k: int = 0  #: first try a top-``fast_k`` (cheaper); full top-``cap`` if a row needs more
     extensive: tuple[int, ...] = ()  #: positions in stat_cols shifted by the likelihood
+    #: per summarised target, a `histogram_layout` of the whole grid (full-grid,
+    #: one-block, untruncated steps only); empty = scatter-add histograms
+    hist_layouts: tuple[tuple, ...] = ()
 
 
 class StepParams(eqx.Module):
@@ -100,6 +114,7 @@ class StepParams(eqx.Module):
     keep_mass: Array
     keep_min: Array
     edges: tuple[Array, ...]
+    hist_index: tuple[Array | None, ...] = ()  #: the "gather" layouts' bin -> models tables
 
 
 class Chunk(eqx.Module):
@@ -151,6 +166,14 @@ class _Acc(eqx.Module):
     stats: Moments | None
 
 
+def _stat_columns(targets: Array, config: StepConfig) -> Array:
+    """The summarised targets' columns, by static slices (an index-array gather would
+    sit inside the fused reductions and stop their vectorisation)."""
+    if not config.stat_cols:
+        return targets[..., :0]
+    return jnp.stack([targets[..., c] for c in config.stat_cols], axis=-1)
+
+
 def _evaluate(lik, prior, data: GridData, x, sigma, upper, models, native, targets, log_w, valid):
     """``(lw, chi2)`` of one native row against a set of models (``-inf`` = excluded)."""
     xs, ss = data.to_likelihood_space(x, sigma)
@@ -178,7 +201,7 @@ def _top_k_then(config: StepConfig, params: StepParams, lw, log_z, n_valid, fini
         return finish(*lax.top_k(lw, config.cap))
 
     if config.cap == 1:  # only the best model: an argmax, no top-k
-        pos = jnp.argmax(lw, axis=1)[:, None]
+        pos = argmax_last(lw)[:, None]
         return finish(jnp.take_along_axis(lw, pos, axis=1), pos.astype(jnp.int32))
     if config.fast_k >= config.cap:
         return lax.cond(jnp.all(n_valid >= 0), full, full, None)
@@ -204,7 +227,6 @@ def _top_k_then(config: StepConfig, params: StepParams, lw, log_z, n_valid, fini
 
 def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) -> ChunkOutput:
     """All models of a row in one block (the whole grid, or the row's candidates)."""
-    cols = jnp.asarray(config.stat_cols, dtype=jnp.int32)
     dtype = data.models.dtype
     if chunk.cand is None:
 
@@ -241,14 +263,27 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
             )
 
     lw, chi2 = jax.vmap(evaluate)(chunk.x, chunk.sigma, chunk.upper, chunk.cand, chunk.cand_mask)
+    # Materialise the log weights and chi^2 once: otherwise XLA re-fuses the whole
+    # likelihood into each consumer (chi2 min, max, exp, ...) and computes it ~3 times.
+    lw, chi2 = lax.optimization_barrier((lw, chi2))
     m = jnp.max(lw, axis=1)
     ms = jnp.where(jnp.isfinite(m), m, 0.0)
     w = jnp.where(jnp.isfinite(lw), jnp.exp(lw - ms[:, None]), 0.0)
     W, S2 = jnp.sum(w, axis=1), jnp.sum(w * w, axis=1)
-    n_valid = jnp.sum(jnp.isfinite(lw), axis=1)
+    # a float count (exact below 2^24 models): XLA's CPU int reduce materialises a copy
+    n_valid = jnp.sum(jnp.where(jnp.isfinite(lw), 1.0, 0.0), axis=1).astype(jnp.int32)
     log_z = jnp.where(W > 0, m + jnp.log(jnp.where(W > 0, W, 1.0)), -jnp.inf)
 
-    def finish_row(x, sigma, upper, cand, cand_mask, lw_r, m_r, W_r, S2_r, chi2_r, nv, tv, ti):
+    dense = None
+    if chunk.cand is None and not config.truncate and config.hist_layouts:
+        dense = tuple(
+            None if layout[0] == "scatter" else dense_histogram(w, layout, index)
+            for layout, index in zip(config.hist_layouts, params.hist_index, strict=True)
+        )
+
+    def finish_row(
+        x, sigma, upper, cand, cand_mask, lw_r, w_r, m_r, W_r, S2_r, chi2_r, nv, tv, ti, h_r
+    ):
         stats = None
         if not config.truncate:
             if cand is None:
@@ -256,12 +291,18 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
             else:
                 safe = jnp.where(cand_mask, cand, 0)
                 t, b = data.targets[safe], tuple(mb[safe] for mb in model_bins)
-            stats = moments(lw_r, t[:, cols], params.edges, b)
+            hists = None
+            if h_r is not None:
+                hists = tuple(
+                    histogram_from_index(bi, w_r, e.shape[0] - 1) if h is None else h
+                    for h, bi, e in zip(h_r, b, params.edges, strict=True)
+                )
+            stats = moments(
+                lw_r, _stat_columns(t, config), params.edges, b, scaled=(m_r, w_r), hists=hists
+            )
         acc = _Acc(m_r, W_r, S2_r, tv, ti, jnp.min(chi2_r), nv, stats)
         shift = _kept_shift(config, data, lik, x, sigma, upper, ti)
-        return _finalise(
-            config, data, params, acc, x, sigma, cand_mask, dtype, cols, model_bins, shift
-        )
+        return _finalise(config, data, params, acc, x, sigma, cand_mask, dtype, model_bins, shift)
 
     def finish(top_vals, top_pos):
         if chunk.cand is None:
@@ -276,6 +317,7 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
             chunk.cand,
             chunk.cand_mask,
             lw,
+            w,
             m,
             W,
             S2,
@@ -283,6 +325,7 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
             n_valid,
             top_vals,
             top_idx,
+            dense,
         )
 
     return _top_k_then(config, params, lw, log_z, n_valid, finish)
@@ -293,7 +336,6 @@ def _blocked_row(
 ):
     """One row against the whole grid, block by block (chunk x N over the memory budget)."""
     dtype = data.models.dtype
-    cols = jnp.asarray(config.stat_cols, dtype=jnp.int32)
 
     def evaluate(models, native, targets, log_w, gidx, valid):
         return _evaluate(lik, prior, data, x, sigma, upper, models, native, targets, log_w, valid)
@@ -321,7 +363,7 @@ def _blocked_row(
             n_valid = acc.n_valid + jnp.sum(jnp.isfinite(lw))
         stats = None
         if not config.truncate:
-            block = moments(lw, targets[:, cols], params.edges, bins)
+            block = moments(lw, _stat_columns(targets, config), params.edges, bins)
             stats = block if acc is None else merge_moments(acc.stats, block)
         return _Acc(m, W, S2, vals, idx, chi2_min, n_valid, stats)
 
@@ -353,7 +395,7 @@ def _blocked_row(
         acc, _ = lax.scan(lambda c, b: (one(c, b), None), acc, rest)
 
     shift = _kept_shift(config, data, lik, x, sigma, upper, acc.top_idx)
-    return _finalise(config, data, params, acc, x, sigma, None, dtype, cols, model_bins, shift)
+    return _finalise(config, data, params, acc, x, sigma, None, dtype, model_bins, shift)
 
 
 def _kept_shift(config, data, lik, x, sigma, upper, top_idx):
@@ -364,15 +406,13 @@ def _kept_shift(config, data, lik, x, sigma, upper, top_idx):
     return lik.target_shift(xs, ss, data.models[top_idx], upper)
 
 
-def _finalise(
-    config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, cols, model_bins, shift=None
-):
+def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, model_bins, shift=None):
     nan = jnp.array(jnp.nan, dtype)
     has_mass = acc.W > 0
     log_z = jnp.where(has_mass, acc.m + jnp.log(jnp.where(has_mass, acc.W, 1.0)), -jnp.inf)
     z_shift = jnp.where(has_mass, log_z, 0.0)
     w_top = jnp.where(jnp.isfinite(acc.top_vals) & has_mass, jnp.exp(acc.top_vals - z_shift), 0.0)
-    cum = jnp.cumsum(w_top)
+    cum = cumsum_last(w_top)
     pos = jnp.arange(acc.top_vals.shape[0])  # the (possibly short) top list
     n_valid = acc.n_valid.astype(jnp.int32)
     cap_bound = jnp.array(False)
@@ -393,7 +433,7 @@ def _finalise(
     ess_before = acc.W**2 / jnp.where(acc.S2 > 0, acc.S2, 1.0)
     ess_after = 1.0 / jnp.where(jnp.sum(post**2) > 0, jnp.sum(post**2), 1.0)
     # targets of the listed models (extensive ones shifted per model) and their bins
-    t_kept = data.targets[acc.top_idx][:, cols]
+    t_kept = _stat_columns(data.targets[acc.top_idx], config)
     kept_bins = [mb[acc.top_idx] for mb in model_bins]
     if shift is not None:
         for i in config.extensive:

@@ -16,12 +16,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int
 
 __all__ = [
     "bin_index",
     "weighted_histogram",
+    "histogram_from_index",
     "histogram_density",
     "Moments",
     "moments",
@@ -29,9 +31,92 @@ __all__ = [
     "HistStats",
     "hist_stats",
     "kde_masses",
+    "cumsum_last",
+    "argmax_last",
+    "histogram_layout",
+    "dense_histogram",
 ]
 
 _HI = lax.Precision.HIGHEST
+
+
+def cumsum_last(x: Array) -> Array:
+    """Cumulative sum along the last axis, as two small triangular matmuls.
+
+    XLA's CPU backend lowers ``jnp.cumsum`` to a ``reduce_window`` that costs
+    O(n^2) per row; here the axis is cut into ~sqrt(n) blocks: within-block
+    sums ``blocks @ triu`` and block offsets ``totals @ strict_triu``
+    (O(n^1.5) flops in two GEMMs, exact summation order aside).
+    """
+    n = x.shape[-1]
+    if n <= 1:
+        return x
+    b = max(2, int(round(n**0.5)))
+    nb = -(-n // b)
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, nb * b - n)]
+    blocks = jnp.pad(x, pad).reshape(x.shape[:-1] + (nb, b))
+    inner = jnp.matmul(blocks, jnp.triu(jnp.ones((b, b), x.dtype)), precision=_HI)
+    offsets = jnp.matmul(inner[..., -1], jnp.triu(jnp.ones((nb, nb), x.dtype), 1), precision=_HI)
+    return (inner + offsets[..., None]).reshape(x.shape[:-1] + (nb * b,))[..., :n]
+
+
+def argmax_last(x: Array) -> Array:
+    """First index of the largest value along the last axis (``jnp.argmax`` for
+    NaN-free input; an all-NaN row gives 0).
+
+    A max and a min-reduction of masked indices: XLA's CPU argmax (a variadic
+    reduce) is ~10x slower on long rows.
+    """
+    mx = jnp.max(x, axis=-1, keepdims=True)
+    iota = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    first = jnp.min(jnp.where(x == mx, iota, x.shape[-1]), axis=-1)
+    return jnp.where(first < x.shape[-1], first, 0)
+
+
+def histogram_layout(bins: np.ndarray, k: int) -> tuple[tuple, np.ndarray | None]:
+    """How to histogram weights over a *fixed* set of models with bins ``bins`` (host,
+    once per plan) without a scatter (XLA's CPU scatter materialises per-row
+    indices and is several times slower than the rest of a summary).
+
+    Returns ``(layout, index)``: ``("runs", k, r)`` when model ``i`` is in bin
+    ``i // r`` (a reshape and sum), ``("strided", k, r)`` when it is in bin
+    ``i % k``, ``("gather", k, c)`` with ``index`` (k, c) listing each bin's models
+    (padded with the out-of-range index ``n_models``) when that padding at most
+    doubles the work, else ``("scatter",)``. Models outside the edges (bin -1)
+    are left out.
+    """
+    bins = np.asarray(bins, np.int64)
+    n = bins.size
+    ar = np.arange(n)
+    if n % k == 0 and np.all(bins >= 0):
+        r = n // k
+        if np.array_equal(bins, ar // r):
+            return ("runs", k, r), None
+        if np.array_equal(bins, ar % k):
+            return ("strided", k, r), None
+    inside = bins >= 0
+    counts = np.bincount(bins[inside], minlength=k)
+    c = int(counts.max()) if counts.size else 0
+    if c == 0 or k * c > 2 * n:
+        return ("scatter",), None
+    order = np.argsort(np.where(inside, bins, k), kind="stable")[: int(inside.sum())]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(order.size) - np.repeat(starts, counts)
+    index = np.full((k, c), n, np.int32)
+    index[bins[order], slot] = order
+    return ("gather", k, c), index
+
+
+def dense_histogram(w: Float[Array, "rows models"], layout: tuple, index) -> Array:
+    """Per-row histograms (rows, k) of ``w`` for a `histogram_layout` other than scatter."""
+    kind, k, r = layout
+    rows = w.shape[0]
+    if kind == "runs":
+        return jnp.sum(w.reshape(rows, k, r), axis=2)
+    if kind == "strided":
+        return jnp.sum(w.reshape(rows, r, k), axis=1)
+    padded = jnp.concatenate([w, jnp.zeros((rows, 1), w.dtype)], axis=1)
+    return jnp.sum(padded[:, index.reshape(-1)].reshape(rows, k, r), axis=2)
 
 
 def bin_index(values: Float[Array, " cand"], edges: Float[Array, " edges"]) -> Int[Array, " cand"]:
@@ -47,10 +132,11 @@ def weighted_histogram(
     values: Float[Array, " cand"], weights: Float[Array, " cand"], edges: Float[Array, " edges"]
 ) -> Float[Array, " bins"]:
     """Mass per bin: ``sum_i w_i [t_i in bin k]``."""
-    return _histogram_from_index(bin_index(values, edges), weights, edges.shape[0] - 1)
+    return histogram_from_index(bin_index(values, edges), weights, edges.shape[0] - 1)
 
 
-def _histogram_from_index(idx: Array, weights: Array, k: int) -> Array:
+def histogram_from_index(idx: Array, weights: Array, k: int) -> Array:
+    """Mass per bin from precomputed `bin_index` values (a scatter-add)."""
     w = jnp.where(idx >= 0, weights, 0.0)
     return jax.ops.segment_sum(w, jnp.clip(idx, 0, k - 1), num_segments=k)
 
@@ -85,24 +171,44 @@ def moments(
     t: Float[Array, "cand targets"],
     edges: tuple[Array, ...],
     bins: tuple[Array, ...] | None = None,
+    scaled: tuple[Array, Array] | None = None,
+    hists: tuple[Array, ...] | None = None,
 ) -> Moments:
     """Partial sums of ``exp(lw)`` over a set of models with targets ``t`` (one column per
     edge array). ``bins``: the models' precomputed `bin_index` per column (saves
-    the searches when the same models recur, e.g. across rows)."""
-    m = jnp.max(lw)
-    ms = jnp.where(jnp.isfinite(m), m, 0.0)
-    w = jnp.where(jnp.isfinite(lw), jnp.exp(lw - ms), 0.0)
+    the searches when the same models recur, e.g. across rows). ``scaled``:
+    ``(m, w)`` already computed by the caller (``m = max lw``,
+    ``w = exp(lw - m)``, 0 where ``lw = -inf``); ``hists``: the histograms of
+    ``w``, already computed by the caller (see `dense_histograms`)."""
+    if scaled is None:
+        m = jnp.max(lw)
+        ms = jnp.where(jnp.isfinite(m), m, 0.0)
+        w = jnp.where(jnp.isfinite(lw), jnp.exp(lw - ms), 0.0)
+    else:
+        m, w = scaled
     W = jnp.sum(w)
     S2 = jnp.sum(w * w)
     Ws = jnp.where(W > 0, W, 1.0)
-    mu = jnp.dot(w, t, precision=_HI) / Ws
-    d = t - mu
-    M = jnp.dot((w[:, None] * d).T, d, precision=_HI)
+    # Two passes (mean, then centred products) of elementwise products and sums:
+    # XLA's CPU backend runs these skinny contractions several times faster than dots.
+    D = t.shape[1]
+    cols = [t[:, i] for i in range(D)]  # rank-1 columns: rank-3 broadcasts slow XLA's CPU
+    mu = [jnp.sum(w * c) / Ws for c in cols]
+    d = [c - m_i for c, m_i in zip(cols, mu, strict=True)]
+    upper = {(i, j): jnp.sum(w * d[i] * d[j]) for i in range(D) for j in range(i, D)}
+    if D:
+        M = jnp.stack(
+            [jnp.stack([upper[min(i, j), max(i, j)] for j in range(D)]) for i in range(D)]
+        )
+        mu = jnp.stack(mu)
+    else:
+        M, mu = jnp.zeros((0, 0), w.dtype), jnp.zeros(0, w.dtype)
     if bins is None:
         bins = tuple(bin_index(t[:, i], e) for i, e in enumerate(edges))
-    hists = tuple(
-        _histogram_from_index(b, w, e.shape[0] - 1) for b, e in zip(bins, edges, strict=True)
-    )
+    if hists is None:
+        hists = tuple(
+            histogram_from_index(b, w, e.shape[0] - 1) for b, e in zip(bins, edges, strict=True)
+        )
     return Moments(m, W, S2, mu, M, hists)
 
 
@@ -156,7 +262,7 @@ def hist_stats(mass: Float[Array, " bins"], edges: Float[Array, " edges"], find_
     c = 0.5 * (edges[1:] + edges[:-1])
     mean = jnp.sum(p * c)
     std = jnp.sqrt(jnp.maximum(jnp.sum(p * (c - mean) ** 2), 0.0))
-    cdf = jnp.concatenate([jnp.zeros(1, p.dtype), jnp.cumsum(p)])
+    cdf = jnp.concatenate([jnp.zeros(1, p.dtype), cumsum_last(p)])
     if find_multimodal and mass.shape[0] >= 3:
         mid = mass[1:-1]
         nmodes = jnp.sum((mid > mass[:-2]) & (mid > mass[2:])).astype(jnp.int32)
@@ -166,7 +272,7 @@ def hist_stats(mass: Float[Array, " bins"], edges: Float[Array, " edges"], find_
     return HistStats(
         mean=jnp.where(ok, mean, nan),
         std=jnp.where(ok, std, nan),
-        map=jnp.where(ok, c[jnp.argmax(mass)], nan),
+        map=jnp.where(ok, c[argmax_last(mass)], nan),
         median=jnp.where(ok, _quantile(cdf, edges, 0.5), nan),
         lo68=jnp.where(ok, _quantile(cdf, edges, 0.16), nan),
         hi68=jnp.where(ok, _quantile(cdf, edges, 0.84), nan),

@@ -64,7 +64,10 @@ def main():
     elif mode == "dump":
         import jax
 
-        chunks = list(fitter.fit_batch(X, S, return_mode="chunks", verbose=False, **KW))
+        # rows per device = chunk_size / devices: pass 8 x the device count so every
+        # device runs the same 8-row program as a one-device run
+        kw = {**KW, "chunk_size": 8 * jax.local_device_count()}
+        chunks = list(fitter.fit_batch(X, S, return_mode="chunks", verbose=False, **kw))
         out = {"n_devices": jax.local_device_count()}
         for key in (
             "log_evidence",

@@ -373,8 +373,10 @@ def test_return_candidates_false_skips_lists_keeps_summaries(rng, tmp_path):
     for a, b in zip(full, lean):
         assert b["candidates"].size == 0 and b["post_models"].size == 0
         assert a["best"] == b["best"] and a["log_evidence"] == b["log_evidence"]
-        assert a["stats"]["t1"] == b["stats"]["t1"]
-        np.testing.assert_array_equal(a["posts_target"]["t0"], b["posts_target"]["t0"])
+        # two compiled programs: XLA may order the sums differently (float32 rounding)
+        for f in ("mean", "std", "median", "lo68", "hi68", "map", "nmodes"):
+            np.testing.assert_allclose(a["stats"]["t1"][f], b["stats"]["t1"][f], rtol=1e-5)
+        np.testing.assert_allclose(a["posts_target"]["t0"], b["posts_target"]["t0"], rtol=1e-6)
         assert a["truncation"]["n_after"] == b["truncation"]["n_before"] == 500
     import h5py
 

@@ -155,3 +155,31 @@ def test_fit_recovers_parameters_from_simulated_training_set():
         assert mean_z(fitted) == pytest.approx(mean_z(p_true), abs=0.03)
     with pytest.raises(ValueError, match="at least 10"):
         start.fit([21.0], [0.5])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        None,  # HDF-N: the peaks z_m inside the grid
+        {
+            "alpha": (2.0, 0.7, 3.5),
+            "z0": (5.0, 0.001, 2.9),
+            "km": (0.1, 0.0, -0.2),
+            "f": (0.3, 0.3),
+            "k": (0.1, 0.1),
+        },  # peaks beyond the grid's end, before its first positive z, on it
+    ],
+)
+def test_log_norm_equals_log_sum_over_the_grid(x64, grids, params):
+    """The peak-bracket shift of `log_norm` gives the plain float64 log-sum-exp."""
+    grid = grids[0]
+    p = BPZPrior.for_grid(grid, "DC2LSST_i", params=params)
+    zg = np.asarray(p.z_grid)
+    for m0 in (20.0, 23.7, 32.0):
+        want = []
+        for b in range(3):
+            a, z0, km = (float(np.asarray(v)[b]) for v in (p.alpha, p.z0, p.km))
+            zm = z0 + km * (m0 - 20.0)
+            zp = zg[zg > 0]
+            want.append(np.log(np.sum(zp**a * np.exp(-((zp / zm) ** a)))))
+        np.testing.assert_allclose(np.asarray(p.log_norm(m0)), want, rtol=1e-12)
