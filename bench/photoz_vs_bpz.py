@@ -11,8 +11,8 @@ magnitude's flux, BPZ-lite's error model (flux errors ``f (10^(0.4 dm) - 1)``,
 ``mag_err_min`` 0.005, 0.1 mag zero-point errors added as BPZ does, default
 LSST limiting magnitudes for non-detections), the same HDF-N prior, no
 interpolation, no IGM — and then with its recommended settings (the demo's).
-Both estimation steps are timed in the same run (BPZ after a first run that
-writes its AB files; jaxgrid after compilation).
+Both estimation steps are timed in the same run, best of 3 (BPZ after a
+first run that writes its AB files; jaxgrid after compilation).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def run():
     res = est.estimate(data)
     return time.perf_counter() - t0, res.data
 run()  # first run writes the AB files
-dt, ens = run()
+runs = [run() for _ in range(3)]
+dt, ens = min(runs, key=lambda r: r[0])
 zc = np.round(np.arange(0.0, 3.0 + 0.005, 0.01), 6)
 np.savez(out, zmode=np.asarray(ens.ancil["zmode"]).ravel(), seconds=dt, pdf=ens.pdf(zc))
 """
@@ -93,9 +94,12 @@ def fit_jaxgrid(grid, F, SF, upper, lik, prior, edges):
         verbose=False,
     )
     list(fitter.fit_batch(F, SF, **kw))  # compile (the default chunk size: 512 rows here)
-    t0 = time.perf_counter()
-    chunks = list(fitter.fit_batch(F, SF, **kw))
-    dt = time.perf_counter() - t0
+    times = []
+    for _ in range(3):  # best of 3, as for BPZ
+        t0 = time.perf_counter()
+        chunks = list(fitter.fit_batch(F, SF, **kw))
+        times.append(time.perf_counter() - t0)
+    dt = min(times)
     zmode = np.concatenate([c["map"][:, 0] for c in chunks]).astype(np.float64)
     pdf = np.concatenate([c["pdf"][0] for c in chunks]).astype(np.float64)
     return zmode, pdf, dt

@@ -26,7 +26,7 @@ from ._checks import float_dtype
 from .engine import BAD_STATUS, Chunk, Status, StepConfig, StepParams, chunk_step
 from .fitter import GridData
 from .io.results import STAT_FIELDS, GridFitHDF5Writer
-from .summaries import bin_index, histogram_layout
+from .summaries import bin_constant_values, bin_index, histogram_layout
 
 __all__ = ["fit_batch", "RETURN_MODES", "RESERVED_KEYS", "BatchPlan"]
 
@@ -299,20 +299,27 @@ def plan_batch(
         )
     dt = float_dtype()
     edges_dev = tuple(jnp.asarray(e, dt) for e in bins)
-    hist_layouts, hist_index = (), ()
+    hist = dict(hist_layouts=(), hist_const=())
+    hist_index, bin_values = (), ()
     if n_blocks == 1 and not truncate and cols:
-        # one block of the whole grid: histogram without a scatter where the grid's
-        # order allows (template x redshift grids do); same bins as on the device
+        # One block of the whole grid: histogram without a scatter where the grid's
+        # order allows (template x redshift grids do), and take a target's mean and
+        # variance from its histogram when each bin holds a single value (a redshift
+        # grid on bins centred on it). Same bins as on the device.
         targets = fitter.data.targets
-        found = [
-            histogram_layout(np.asarray(bin_index(targets[:, c], e)), e.shape[0] - 1)
-            for c, e in zip(cols, edges_dev, strict=True)
-        ]
-        hist_layouts = tuple(layout for layout, _ in found)
+        found, values = [], []
+        for c, e in zip(cols, edges_dev, strict=True):
+            b = np.asarray(bin_index(targets[:, c], e))
+            found.append(histogram_layout(b, e.shape[0] - 1))
+            values.append(bin_constant_values(np.asarray(targets[:, c]), b, e.shape[0] - 1))
+        hist["hist_layouts"] = tuple(layout for layout, _ in found)
+        hist["hist_const"] = tuple(
+            v is not None and layout[0] != "scatter"
+            for v, (layout, _) in zip(values, found, strict=True)
+        )
         hist_index = tuple(None if i is None else jnp.asarray(i) for _, i in found)
-    full_config = StepConfig(
-        block_size=block, n_blocks=n_blocks, hist_layouts=hist_layouts, **common
-    )
+        bin_values = tuple(None if v is None else jnp.asarray(v) for v in values)
+    full_config = StepConfig(block_size=block, n_blocks=n_blocks, **hist, **common)
     if k_cand is None:
         config = full_config
     else:
@@ -322,6 +329,7 @@ def plan_batch(
         keep_min=jnp.asarray(int(keep_min), jnp.int32),
         edges=edges_dev,
         hist_index=hist_index,
+        bin_values=bin_values,
     )
     data = fitter.data if k_cand is not None else _padded_data(fitter.data, n_blocks, block)
     if k_cand is not None and not fallback_to_full_grid:

@@ -106,6 +106,8 @@ class StepConfig:
     #: per summarised target, a `histogram_layout` of the whole grid (full-grid,
     #: one-block, untruncated steps only); empty = scatter-add histograms
     hist_layouts: tuple[tuple, ...] = ()
+    #: per summarised target: every model of a bin has the same value (`bin_constant_values`)
+    hist_const: tuple[bool, ...] = ()
 
 
 class StepParams(eqx.Module):
@@ -115,6 +117,7 @@ class StepParams(eqx.Module):
     keep_min: Array
     edges: tuple[Array, ...]
     hist_index: tuple[Array | None, ...] = ()  #: the "gather" layouts' bin -> models tables
+    bin_values: tuple[Array | None, ...] = ()  #: per target, its value in each bin (hist_const)
 
 
 class Chunk(eqx.Module):
@@ -297,8 +300,15 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
                     histogram_from_index(bi, w_r, e.shape[0] - 1) if h is None else h
                     for h, bi, e in zip(h_r, b, params.edges, strict=True)
                 )
+            vals = None
+            if h_r is not None and config.hist_const:
+                vals = tuple(
+                    v if const else None
+                    for v, const in zip(params.bin_values, config.hist_const, strict=True)
+                )
+            t = _stat_columns(t, config)
             stats = moments(
-                lw_r, _stat_columns(t, config), params.edges, b, scaled=(m_r, w_r), hists=hists
+                lw_r, t, params.edges, b, scaled=(m_r, w_r), hists=hists, bin_values=vals
             )
         acc = _Acc(m_r, W_r, S2_r, tv, ti, jnp.min(chi2_r), nv, stats)
         shift = _kept_shift(config, data, lik, x, sigma, upper, ti)

@@ -35,6 +35,7 @@ __all__ = [
     "argmax_last",
     "histogram_layout",
     "dense_histogram",
+    "bin_constant_values",
 ]
 
 _HI = lax.Precision.HIGHEST
@@ -67,10 +68,13 @@ def argmax_last(x: Array) -> Array:
     A max and a min-reduction of masked indices: XLA's CPU argmax (a variadic
     reduce) is ~10x slower on long rows.
     """
+    n = x.shape[-1]
     mx = jnp.max(x, axis=-1, keepdims=True)
-    iota = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    first = jnp.min(jnp.where(x == mx, iota, x.shape[-1]), axis=-1)
-    return jnp.where(first < x.shape[-1], first, 0)
+    # indices as floats where exact (a float min-reduction is faster on the CPU)
+    exact = jnp.issubdtype(x.dtype, jnp.floating) and n < 2 ** jnp.finfo(x.dtype).nmant
+    iota = lax.broadcasted_iota(x.dtype if exact else jnp.int32, x.shape, x.ndim - 1)
+    first = jnp.min(jnp.where(x == mx, iota, n), axis=-1).astype(jnp.int32)
+    return jnp.where(first < n, first, 0)
 
 
 def histogram_layout(bins: np.ndarray, k: int) -> tuple[tuple, np.ndarray | None]:
@@ -105,6 +109,24 @@ def histogram_layout(bins: np.ndarray, k: int) -> tuple[tuple, np.ndarray | None
     index = np.full((k, c), n, np.int32)
     index[bins[order], slot] = order
     return ("gather", k, c), index
+
+
+def bin_constant_values(values: np.ndarray, bins: np.ndarray, k: int) -> np.ndarray | None:
+    """``(k,)`` the value shared by all models of each bin, or None when some bin mixes
+    values or some model lies outside the bins (host, once per plan). Template x
+    redshift grids summarised on bins centred on the grid redshifts qualify."""
+    bins = np.asarray(bins, np.int64)
+    values = np.asarray(values)
+    if bins.size == 0 or np.any(bins < 0):
+        return None
+    lo = np.full(k, np.inf)
+    hi = np.full(k, -np.inf)
+    np.minimum.at(lo, bins, values)
+    np.maximum.at(hi, bins, values)
+    filled = np.isfinite(lo)
+    if not np.array_equal(lo[filled], hi[filled]):
+        return None
+    return np.where(filled, lo, 0.0).astype(values.dtype)
 
 
 def dense_histogram(w: Float[Array, "rows models"], layout: tuple, index) -> Array:
@@ -173,13 +195,17 @@ def moments(
     bins: tuple[Array, ...] | None = None,
     scaled: tuple[Array, Array] | None = None,
     hists: tuple[Array, ...] | None = None,
+    bin_values: tuple[Array | None, ...] | None = None,
 ) -> Moments:
     """Partial sums of ``exp(lw)`` over a set of models with targets ``t`` (one column per
     edge array). ``bins``: the models' precomputed `bin_index` per column (saves
     the searches when the same models recur, e.g. across rows). ``scaled``:
     ``(m, w)`` already computed by the caller (``m = max lw``,
     ``w = exp(lw - m)``, 0 where ``lw = -inf``); ``hists``: the histograms of
-    ``w``, already computed by the caller (see `dense_histograms`)."""
+    ``w``, already computed by the caller (see `dense_histogram`); ``bin_values``:
+    per target, ``None`` or the value that *every* model of each bin has (then
+    that target's mean and variance come from its histogram: a pass over the
+    bins instead of the models)."""
     if scaled is None:
         m = jnp.max(lw)
         ms = jnp.where(jnp.isfinite(m), m, 0.0)
@@ -189,26 +215,34 @@ def moments(
     W = jnp.sum(w)
     S2 = jnp.sum(w * w)
     Ws = jnp.where(W > 0, W, 1.0)
-    # Two passes (mean, then centred products) of elementwise products and sums:
-    # XLA's CPU backend runs these skinny contractions several times faster than dots.
-    D = t.shape[1]
-    cols = [t[:, i] for i in range(D)]  # rank-1 columns: rank-3 broadcasts slow XLA's CPU
-    mu = [jnp.sum(w * c) / Ws for c in cols]
-    d = [c - m_i for c, m_i in zip(cols, mu, strict=True)]
-    upper = {(i, j): jnp.sum(w * d[i] * d[j]) for i in range(D) for j in range(i, D)}
-    if D:
-        M = jnp.stack(
-            [jnp.stack([upper[min(i, j), max(i, j)] for j in range(D)]) for i in range(D)]
-        )
-        mu = jnp.stack(mu)
-    else:
-        M, mu = jnp.zeros((0, 0), w.dtype), jnp.zeros(0, w.dtype)
     if bins is None:
         bins = tuple(bin_index(t[:, i], e) for i, e in enumerate(edges))
     if hists is None:
         hists = tuple(
             histogram_from_index(b, w, e.shape[0] - 1) for b, e in zip(bins, edges, strict=True)
         )
+    # Two passes (mean, then centred products) of elementwise products and sums:
+    # XLA's CPU backend runs these skinny contractions several times faster than dots.
+    D = t.shape[1]
+    vals = bin_values if bin_values is not None else (None,) * D
+    cols = [t[:, i] for i in range(D)]  # rank-1 columns: rank-3 broadcasts slow XLA's CPU
+    mu = [
+        jnp.sum(w * c) / Ws if v is None else jnp.sum(h * v) / Ws
+        for c, v, h in zip(cols, vals, hists, strict=True)
+    ]
+    d = [c - m_i for c, m_i in zip(cols, mu, strict=True)]
+
+    def centred(i, j):
+        if i == j and vals[i] is not None:
+            return jnp.sum(hists[i] * (vals[i] - mu[i]) ** 2)
+        return jnp.sum(w * d[i] * d[j])
+
+    prod = {(i, j): centred(i, j) for i in range(D) for j in range(i, D)}
+    if D:
+        M = jnp.stack([jnp.stack([prod[min(i, j), max(i, j)] for j in range(D)]) for i in range(D)])
+        mu = jnp.stack(mu)
+    else:
+        M, mu = jnp.zeros((0, 0), w.dtype), jnp.zeros(0, w.dtype)
     return Moments(m, W, S2, mu, M, hists)
 
 

@@ -111,3 +111,13 @@ def test_fit_batch_with_each_layout_matches_float64_reference(rng, order):
     bins = np.asarray(bin_index(jnp.asarray(zz, jnp.float32), jnp.asarray(edges, jnp.float32)))
     kind = histogram_layout(bins, nz)[0][0]
     assert kind == {"type_major": "strided", "z_major": "runs", "shuffled": "gather"}[order]
+
+
+def test_bin_constant_values():
+    from jaxgrid.summaries import bin_constant_values
+
+    bins = np.array([0, 0, 2, 2, 2])
+    got = bin_constant_values(np.array([1.5, 1.5, 3.0, 3.0, 3.0]), bins, 3)
+    np.testing.assert_array_equal(got, [1.5, 0.0, 3.0])  # bin 1 empty
+    assert bin_constant_values(np.array([1.5, 1.6, 3.0, 3.0, 3.0]), bins, 3) is None
+    assert bin_constant_values(np.array([1.5, 1.5, 3.0]), np.array([0, 0, -1]), 3) is None
