@@ -84,7 +84,9 @@ class GridFitHDF5Writer:
         self.flush_every = max(1, int(flush_every))
         self._since_flush = 0
         config_text = json.dumps(configuration, sort_keys=True)
-        self._file = h5py.File(self.path, "a")
+        # a chunk cache large enough to hold the partly written compressed chunks:
+        # each write covers a few hundred rows of chunks of up to ~1 MiB
+        self._file = h5py.File(self.path, "a", rdcc_nbytes=64 * 2**20, rdcc_nslots=10007)
         try:
             if group in self._file:
                 if resume:
@@ -118,9 +120,12 @@ class GridFitHDF5Writer:
         g.attrs["configuration"] = config_text
         m = self.n_rows
         kw = {"compression": compression, "compression_opts": opts} if compression else {}
-        chunk_rows = max(1, min(m, 4096))
 
         def dset(name, shape, dtype, fill):
+            # chunks of at most 4096 rows and ~1 MiB (a wide PDF row is kilobytes):
+            # larger compressed chunks are recompressed whole on every partial write
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+            chunk_rows = max(1, min(m, 4096, 2**20 // max(row_bytes, 1)))
             return g.create_dataset(
                 name,
                 shape=shape,

@@ -36,7 +36,7 @@ from jaxtyping import Array
 from .._checks import float_dtype
 from .priors import ObservableDependentPrior, _resolve
 
-__all__ = ["BPZPrior", "HDFN", "CWWSB4_BROAD_TYPES", "fit_bpz_prior"]
+__all__ = ["BPZPrior", "HDFN", "CWWSB4_BROAD_TYPES", "fit_bpz_prior", "fit_bpz_prior_photoz"]
 
 HDFN = {
     "alpha": (2.465, 1.806, 0.906),
@@ -169,6 +169,24 @@ class BPZPrior(ObservableDependentPrior):
         """Maximum-likelihood parameters from a training set (see `fit_bpz_prior`)."""
         return fit_bpz_prior(self, m0, z_true, maxiter)
 
+    def fit_photoz(
+        self,
+        fitter,
+        X,
+        SIG,
+        z_true,
+        upper=None,
+        maxiter: int = 200,
+        chunk_size: int = 512,
+        free: Sequence[str] = ("alpha", "z0", "km", "f", "k"),
+        stiffness: float = 0.0,
+    ) -> BPZPrior:
+        """Parameters that make the best photo-z PDFs on a training set (see
+        `fit_bpz_prior_photoz`); ``fitter`` gives the grid and likelihood."""
+        return fit_bpz_prior_photoz(
+            self, fitter, X, SIG, z_true, upper, maxiter, chunk_size, free, stiffness
+        )
+
     def resolve(self, target_names, observable_names=None):
         z = _resolve(self.z_col, target_names, "target", "BPZPrior")
         t = _resolve(self.type_col, target_names, "target", "BPZPrior")
@@ -297,7 +315,6 @@ def fit_bpz_prior(prior: BPZPrior, m0: Any, z_true: Any, maxiter: int = 500) -> 
     host. Rows with non-finite values are ignored. Returns a new prior.
     """
     import jax
-    from scipy.optimize import minimize
 
     m = np.clip(np.asarray(m0, np.float64), 20.0, 32.0)
     z = np.asarray(z_true, np.float64)
@@ -318,8 +335,14 @@ def fit_bpz_prior(prior: BPZPrior, m0: Any, z_true: Any, maxiter: int = 500) -> 
 
         return -jnp.mean(jax.vmap(one)(jnp.asarray(m), jnp.asarray(z)))
 
+    alpha, z0, km, f, k = _lbfgs(nll, _theta0(prior), maxiter)
+    return prior.with_params(alpha, z0, km, f, k)
+
+
+def _theta0(prior: BPZPrior) -> np.ndarray:
+    """The unconstrained parameter vector of `_unpack` for ``prior``'s parameters."""
     f0 = np.asarray(prior.f, np.float64)
-    theta0 = np.concatenate(
+    return np.concatenate(
         [
             np.log(np.asarray(prior.alpha, np.float64)),
             np.log(np.asarray(prior.z0, np.float64)),
@@ -328,16 +351,128 @@ def fit_bpz_prior(prior: BPZPrior, m0: Any, z_true: Any, maxiter: int = 500) -> 
             np.asarray(prior.k, np.float64),
         ]
     )
-    with jax.enable_x64(True):  # scoped to this fit; the global setting is untouched
+
+
+def _lbfgs(nll, theta0, maxiter, *args):
+    """Minimise ``nll(theta, *args)`` (a JAX function; ``args`` host arrays) with SciPy's
+    L-BFGS and JAX gradients, in float64 (scoped: the global JAX setting is untouched).
+    Returns the unpacked parameters as float64 arrays."""
+    import jax
+    from scipy.optimize import minimize
+
+    with jax.enable_x64(True):
         vg = jax.jit(jax.value_and_grad(nll))
+        args = tuple(jnp.asarray(a) for a in args)
 
         def fun(t):
-            v, g = vg(jnp.asarray(t))
+            v, g = vg(jnp.asarray(t), *args)
             v, g = float(v), np.asarray(g, np.float64)
             if not (np.isfinite(v) and np.all(np.isfinite(g))):
                 return 1e10, np.zeros_like(g)  # outside the usable region: back-track
             return v, g
 
         res = minimize(fun, theta0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
-        alpha, z0, km, f, k = (np.asarray(a, np.float64) for a in _unpack(jnp.asarray(res.x)))
-    return prior.with_params(alpha, z0, km, f, k)
+        return [np.asarray(a, np.float64) for a in _unpack(jnp.asarray(res.x))]
+
+
+def fit_bpz_prior_photoz(
+    prior: BPZPrior,
+    fitter,
+    X,
+    SIG,
+    z_true,
+    upper=None,
+    maxiter: int = 200,
+    chunk_size: int = 512,
+    free: Sequence[str] = ("alpha", "z0", "km", "f", "k"),
+    stiffness: float = 0.0,
+) -> BPZPrior:
+    """BPZ parameters that maximise the photo-z log score of a training set.
+
+    Maximises ``sum_i log p(z_i | photometry_i)``: each training object's
+    posterior (``fitter``'s likelihood on its grid, this prior) evaluated at
+    the grid redshift nearest its true ``z_i`` and summed over templates —
+    the conditional likelihood of the true redshifts, a proper scoring rule
+    of the photo-z PDFs. Unlike `fit_bpz_prior` (redshifts and magnitudes
+    alone, where the split of galaxies between broad types is not
+    identified), the templates' colours decide which broad type an object
+    belongs to, so the type fractions are learned where they matter.
+
+    The log likelihoods (objects x models) are computed once with the
+    fitter (float32, chunk by chunk) and held on the host; the optimisation
+    (L-BFGS, exact JAX gradients, float64) only re-evaluates the prior.
+    Memory: objects x models x 8 bytes. Objects whose true z is outside the
+    grid's redshifts, or with no usable band, are left out. ``free`` names the
+    parameter groups to fit (``"f"`` and ``"k"`` together: the type
+    fractions); the others keep this prior's values. ``stiffness`` adds
+    ``stiffness/2 |theta - theta_0|^2`` (per training object) to the mean
+    negative log score, ``theta`` the unconstrained parameters (logs of alpha,
+    z0 and the fractions; km; k) and ``theta_0`` this prior's: a Gaussian
+    prior that keeps a small training set near the starting parameters.
+    Returns a new prior for ``fitter``'s grid.
+    """
+    import jax
+    from jax.scipy.special import logsumexp as lse
+
+    from ..engine import _evaluate
+    from .priors import FlatPrior
+
+    grid = fitter.grid
+    q = prior.resolve(grid.target_names, grid.observable_names)
+    X = np.asarray(X, np.float64)
+    SIG = np.asarray(SIG, np.float64)
+    z = np.asarray(z_true, np.float64)
+    if X.ndim != 2 or X.shape != SIG.shape or z.shape != (X.shape[0],):
+        raise ValueError("fit_bpz_prior_photoz: X, SIG (N, P) and z_true (N,) do not match.")
+    U = None if upper is None else np.asarray(upper, bool)
+    data, lik, flat = fitter.data, fitter._likelihood_in_space, FlatPrior()
+
+    @jax.jit
+    def loglik(x, s, u):
+        def row(x, s, u):
+            models = (data.models, data.models_native, data.targets, data.log_weights)
+            return _evaluate(lik, flat, data, x, s, u, *models, True)[0]
+
+        return jax.vmap(row)(x, s, u)
+
+    dt = data.models.dtype
+    parts = []
+    for a in range(0, X.shape[0], chunk_size):
+        b = min(a + chunk_size, X.shape[0])
+        u = None if U is None else jnp.asarray(U[a:b])
+        parts.append(np.asarray(loglik(jnp.asarray(X[a:b], dt), jnp.asarray(SIG[a:b], dt), u)))
+    ll = np.concatenate(parts).astype(np.float64)
+    zg = np.asarray(q.z_grid, np.float64)
+    model_zi = np.abs(np.asarray(grid.targets[:, q.z_col])[:, None] - zg[None, :]).argmin(1)
+    step = float(np.median(np.diff(zg))) if zg.size > 1 else 1.0
+    true_zi = np.abs(z[:, None] - zg[None, :]).argmin(1)
+    inside = np.isfinite(z) & (z >= zg[0] - step / 2) & (z <= zg[-1] + step / 2)
+    ok = inside & np.isfinite(ll).any(1)
+    if ok.sum() < 10:
+        raise ValueError("fit_bpz_prior_photoz: need at least 10 usable training objects.")
+
+    names = ("alpha", "z0", "km", "f", "k")
+    unknown = set(free) - set(names)
+    if unknown or not free or (("f" in free) != ("k" in free)):
+        raise ValueError(
+            f"fit_bpz_prior_photoz: `free` takes groups of {names} ('f' with 'k'), got {free!r}."
+        )
+    fixed = {n: getattr(q, n) for n in names if n not in free}
+
+    def nll(theta, ll, x, true_zi, targets, model_zi):
+        vals = dict(zip(names, _unpack(theta), strict=True))
+        p = q.with_params(*(fixed.get(n, vals[n]) for n in names))
+
+        def one(row):
+            l_row, x_row, zi = row
+            lw = l_row + p.log_prob_for_models(targets, None, x_row)
+            return lse(jnp.where(model_zi == zi, lw, -jnp.inf)) - lse(lw)
+
+        penalty = 0.5 * stiffness * jnp.sum((theta - theta0) ** 2)
+        return -jnp.mean(jax.lax.map(one, (ll, x, true_zi), batch_size=256)) + penalty
+
+    targets = np.asarray(grid.targets, np.float64)
+    args = (ll[ok], X[ok], true_zi[ok], targets, model_zi)
+    theta0 = _theta0(prior)
+    vals = dict(zip(names, _lbfgs(nll, theta0, maxiter, *args), strict=True))
+    return prior.with_params(*(fixed.get(n, vals[n]) for n in names))
