@@ -203,7 +203,7 @@ def main():
     )
     for r in rows:
         print(
-            f"{r['name']:58s} {r['seconds']:7.2f} {r['bias']:+8.4f} {r['nmad']:7.4f} "
+            f"{r['name']:58s} {r['seconds']:7.3f} {r['bias']:+8.4f} {r['nmad']:7.4f} "
             f"{r['outlier_fraction']:7.2%} {r.get('pit_ks', float('nan')):7.3f}"
         )
     if bpz_zmode is not None:

@@ -1,0 +1,120 @@
+"""Which XLA operations of the chunk step take the time (CPU): a jax.profiler trace.
+
+    python bench/trace_step.py [--rows 512] [--top 25]
+
+Runs the photo-z step with BPZ-equivalent settings (the bundled DC2 sample,
+8 templates x 301 redshifts, profile amplitude, HDF-N prior, full PDFs) a few
+times under ``jax.profiler`` and prints each XLA thunk's time per chunk and
+per (object, model) pair, with its shape and the source operation from the
+compiled HLO's ``op_name`` metadata. See docs/performance.md for what such
+traces found.
+"""
+
+import argparse
+import collections
+import gzip
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from photoz_vs_bpz import BANDS, bpz_equivalent_inputs  # noqa: E402
+
+from jaxgrid import GridFitter  # noqa: E402
+from jaxgrid.batch import _Runner, plan_batch  # noqa: E402
+from jaxgrid.data import DC2_TRAINING, data_path  # noqa: E402
+from jaxgrid.engine import chunk_step  # noqa: E402
+from jaxgrid.photometry import build_template_grid  # noqa: E402
+from jaxgrid.prob import BPZPrior, ScaledGaussianLikelihood  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=512, help="rows per chunk")
+    ap.add_argument("--top", type=int, default=25, help="operations to list")
+    args = ap.parse_args()
+    c = args.rows
+    z = np.round(np.arange(0.0, 3.0 + 0.005, 0.01), 6)
+    edges = np.round(np.arange(-0.005, 3.0051, 0.01), 6)
+    names = data_path("photoz", "SED", "CWWSB4.list").read_text().split()
+    grid = build_template_grid(
+        [data_path("photoz", "SED", n) for n in names],
+        [data_path("photoz", "FILTER", f"DC2LSST_{b}.res") for b in BANDS],
+        z,
+        filter_names=[f"flux_{b}" for b in BANDS],
+    )
+    F, SF, upper, _ = bpz_equivalent_inputs(DC2_TRAINING)
+    lik = ScaledGaussianLikelihood(mode="profile", nondetection="zero_flux")
+    prior = BPZPrior.hdfn(grid, "flux_i", flux_zero_point=0.0)
+    fitter = GridFitter(grid, lik, prior, use_standardised=False)
+    plan = plan_batch(
+        fitter,
+        F,
+        SF,
+        binner=None,
+        stats_for=["z"],
+        stats_bins=[edges],
+        find_multimodal=False,
+        use_kde_for_stats=False,
+        return_pdf_for_stats=True,
+        keep_mass=1.0,
+        keep_min=1,
+        keep_max=None,
+        keep_ties=False,
+        chunk_size=c,
+        upper_limits=upper,
+        model_block_size=None,
+        memory_budget=None,
+        return_candidates=False,
+    )
+    runner = _Runner(fitter, plan, None, 1)
+    (chunk,), *_ = runner._prepare(np.arange(c))
+    step_args = (plan.config, runner.datas[0], fitter._likelihood_in_space, fitter.prior)
+    step_args = step_args + (plan.params, chunk)
+
+    def step():
+        return jax.block_until_ready(chunk_step(*step_args))
+
+    step()
+    times = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    pairs = c * grid.n_models
+    print(f"step: best {min(times) * 1e3:.2f} ms = {min(times) / pairs * 1e9:.2f} ns/pair")
+    reps = 5
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+        for _ in range(reps):
+            step()
+        jax.profiler.stop_trace()
+        trace = sorted(Path(tmp).rglob("perfetto_trace.json.gz"))[-1]
+        events = json.load(gzip.open(trace))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    hlo = chunk_step.lower(*step_args).compile().compiled.as_text()
+    meta = {}
+    for line in hlo.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) .*?op_name=\"([^\"]*)\"", line)
+        if m:
+            meta[m.group(1)] = (m.group(2), m.group(3))
+    total = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") == "X" and name in meta:
+            total[name] += e.get("dur", 0.0)
+    print(f"{'us/chunk':>9s} {'ns/pair':>8s}  {'operation':28s} {'shape':24s} source")
+    for name, us in total.most_common(args.top):
+        shape, op = meta[name]
+        per_pair = us / reps / pairs * 1e3
+        print(f"{us / reps:9.1f} {per_pair:8.3f}  {name:28s} {shape[:24]:24s} {op[-70:]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
