@@ -22,7 +22,14 @@ import numpy as np
 
 from .grid import ModelGrid
 
-__all__ = ["synthetic_magnitudes", "make_demo_files", "run_demo"]
+__all__ = [
+    "synthetic_magnitudes",
+    "make_demo_files",
+    "run_demo",
+    "photoz_setup",
+    "run_photoz_demo",
+    "photoz",
+]
 
 BANDS = ("mag_u", "mag_g", "mag_r", "mag_i", "mag_z")
 _WAVE = np.array([0.36, 0.47, 0.62, 0.75, 0.87])  # band centres, micron
@@ -287,3 +294,6 @@ def run_photoz_demo(
         echo(f"  PIT: KS {summary['pit_ks']:.3f}, catastrophic fraction {catastrophic:.2%}")
         echo(f"  results: {summary['output']} (group /photoz); qp PDFs: {summary['qp']}")
     return summary
+
+
+photoz = run_photoz_demo  #: ``jaxgrid.demo.photoz()``: the photo-z demo from Python
