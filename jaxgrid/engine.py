@@ -277,12 +277,19 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
     n_valid = jnp.sum(jnp.where(jnp.isfinite(lw), 1.0, 0.0), axis=1).astype(jnp.int32)
     log_z = jnp.where(W > 0, m + jnp.log(jnp.where(W > 0, W, 1.0)), -jnp.inf)
 
-    dense = None
+    # Whole grid, untruncated: scatter-free histograms where the grid's order allows,
+    # and the targets whose bins hold one value each (both planned on the host).
+    dense = vals = None
     if chunk.cand is None and not config.truncate and config.hist_layouts:
         dense = tuple(
             None if layout[0] == "scatter" else dense_histogram(w, layout, index)
             for layout, index in zip(config.hist_layouts, params.hist_index, strict=True)
         )
+        if config.hist_const:
+            vals = tuple(
+                v if const else None
+                for v, const in zip(params.bin_values, config.hist_const, strict=True)
+            )
 
     def finish_row(
         x, sigma, upper, cand, cand_mask, lw_r, w_r, m_r, W_r, S2_r, chi2_r, nv, tv, ti, h_r
@@ -299,12 +306,6 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
                 hists = tuple(
                     histogram_from_index(bi, w_r, e.shape[0] - 1) if h is None else h
                     for h, bi, e in zip(h_r, b, params.edges, strict=True)
-                )
-            vals = None
-            if h_r is not None and config.hist_const:
-                vals = tuple(
-                    v if const else None
-                    for v, const in zip(params.bin_values, config.hist_const, strict=True)
                 )
             t = _stat_columns(t, config)
             stats = moments(
