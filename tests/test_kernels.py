@@ -89,8 +89,8 @@ def test_fit_batch_with_each_layout_matches_float64_reference(rng, order):
     out = fitter.fit_batch(
         X,
         S,
-        stats_for=["z"],
-        stats_bins=[edges],
+        stats_for=["z", "type"],
+        stats_bins=[edges, np.arange(nt + 1) - 0.5],  # one value per bin for both
         posterior_keep_mass=1.0,
         return_candidates=False,
         return_pdf_for_stats=True,
@@ -104,10 +104,12 @@ def test_fit_batch_with_each_layout_matches_float64_reference(rng, order):
         mass = np.array([w[np.abs(zz - zc) < 1e-9].sum() for zc in z])
         dens = mass / mass.sum() / np.diff(edges)
         np.testing.assert_allclose(r["posts_target"]["z"], dens, rtol=2e-4, atol=1e-6)
-        mean = (w * zz).sum() / w.sum()
-        var = (w * (zz - mean) ** 2).sum() / w.sum()
-        s2n = (w**2).sum() / w.sum() ** 2
-        np.testing.assert_allclose(r["stats"]["cov"][0, 0], var / (1 - s2n), rtol=1e-4)
+        tt = np.column_stack([zz, t])
+        mean = w @ tt / w.sum()
+        d = tt - mean
+        cov = (w[:, None] * d).T @ d / w.sum() / (1 - (w**2).sum() / w.sum() ** 2)
+        np.testing.assert_allclose(r["stats"]["cov"], cov, rtol=1e-4, atol=1e-7)
+        assert r["stats"]["type"]["mean"] == pytest.approx(float(mean[1]), rel=1e-4, abs=1e-6)
     bins = np.asarray(bin_index(jnp.asarray(zz, jnp.float32), jnp.asarray(edges, jnp.float32)))
     kind = histogram_layout(bins, nz)[0][0]
     assert kind == {"type_major": "strided", "z_major": "runs", "shuffled": "gather"}[order]
