@@ -299,26 +299,9 @@ def plan_batch(
         )
     dt = float_dtype()
     edges_dev = tuple(jnp.asarray(e, dt) for e in bins)
-    hist = dict(hist_layouts=(), hist_const=())
-    hist_index, bin_values = (), ()
+    hist, hist_index, bin_values = {}, (), ()
     if n_blocks == 1 and not truncate and cols:
-        # One block of the whole grid: histogram without a scatter where the grid's
-        # order allows (template x redshift grids do), and take a target's mean and
-        # variance from its histogram when each bin holds a single value (a redshift
-        # grid on bins centred on it). Same bins as on the device.
-        targets = fitter.data.targets
-        found, values = [], []
-        for c, e in zip(cols, edges_dev, strict=True):
-            b = np.asarray(bin_index(targets[:, c], e))
-            found.append(histogram_layout(b, e.shape[0] - 1))
-            values.append(bin_constant_values(np.asarray(targets[:, c]), b, e.shape[0] - 1))
-        hist["hist_layouts"] = tuple(layout for layout, _ in found)
-        hist["hist_const"] = tuple(
-            v is not None and layout[0] != "scatter"
-            for v, (layout, _) in zip(values, found, strict=True)
-        )
-        hist_index = tuple(None if i is None else jnp.asarray(i) for _, i in found)
-        bin_values = tuple(None if v is None else jnp.asarray(v) for v in values)
+        hist, hist_index, bin_values = _whole_grid_histograms(fitter.data.targets, cols, edges_dev)
     full_config = StepConfig(block_size=block, n_blocks=n_blocks, **hist, **common)
     if k_cand is None:
         config = full_config
@@ -385,6 +368,30 @@ def plan_batch(
         return_pdf=bool(return_pdf_for_stats),
         configuration=configuration,
     )
+
+
+def _whole_grid_histograms(targets, cols, edges):
+    """Static layouts and their arrays for untruncated steps over the whole grid in one
+    block: histograms without a scatter where the grid's order allows (template x
+    redshift grids do), and a target's mean and variance from its histogram when
+    each bin holds a single value (a redshift grid on bins centred on it). The bins
+    are computed as on the device. Returns ``(StepConfig fields, hist_index,
+    bin_values)``."""
+    found, values = [], []
+    for c, e in zip(cols, edges, strict=True):
+        b = np.asarray(bin_index(targets[:, c], e))
+        found.append(histogram_layout(b, e.shape[0] - 1))
+        values.append(bin_constant_values(np.asarray(targets[:, c]), b, e.shape[0] - 1))
+    fields = {
+        "hist_layouts": tuple(layout for layout, _ in found),
+        "hist_const": tuple(
+            v is not None and layout[0] != "scatter"
+            for v, (layout, _) in zip(values, found, strict=True)
+        ),
+    }
+    hist_index = tuple(None if i is None else jnp.asarray(i) for _, i in found)
+    bin_values = tuple(None if v is None else jnp.asarray(v) for v in values)
+    return fields, hist_index, bin_values
 
 
 def _binner_info(binner) -> Any:
