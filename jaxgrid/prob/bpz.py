@@ -247,17 +247,13 @@ class BPZPrior(ObservableDependentPrior):
         lz = jnp.log(jnp.where(pos, zg, 1.0))  # row-independent
         lzm = jnp.log(self.z0 + self.km * (m0 - 20.0))
 
-        def value(i):  # (3, n) values at grid indices i (3, n)
-            a = self.alpha[:, None]
-            v = a * lz[i] - jnp.exp(a * (lz[i] - lzm[:, None]))
-            return jnp.where(pos[i], v, -jnp.inf)
-
+        a = self.alpha[:, None]
+        v = jnp.where(pos, a * lz - jnp.exp(a * (lz - lzm[:, None])), -jnp.inf)  # (3, n)
         n = zg.shape[0]
         hi = jnp.clip(jnp.searchsorted(zg, jnp.exp(lzm)), 0, n - 1)
         around = jnp.stack([jnp.maximum(hi - 1, 0), hi], axis=1)  # (3, 2)
-        peak = jnp.max(value(around), axis=1)
+        peak = jnp.max(jnp.take_along_axis(v, around, axis=1), axis=1)
         shift = lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
-        v = value(jnp.broadcast_to(jnp.arange(n), (3, n)))
         return shift + jnp.log(jnp.sum(jnp.exp(v - shift[:, None]), axis=1))
 
     def log_prob_for_models(self, targets, observables, x):
