@@ -23,7 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import float_dtype
-from .engine import BAD_STATUS, Chunk, Status, StepConfig, StepParams, chunk_step
+from .engine import (
+    BAD_STATUS,
+    Chunk,
+    Status,
+    StepConfig,
+    StepParams,
+    chunk_step,
+    pool_log_weights,
+)
 from .fitter import GridData
 from .io.results import STAT_FIELDS, GridFitHDF5Writer
 from .summaries import bin_constant_values, bin_index, histogram_layout
@@ -50,8 +58,10 @@ RESERVED_KEYS = frozenset(
         "status",
     }
 )
-DEFAULT_CAP = 1024
-FAST_K = 128  # first-try top-k size (XLA's CPU top-k cost grows steeply with k)
+#: Length of each row's sorted top list on the device (at least keep_min): rows whose
+#: kept set fits are summarised on it; XLA's CPU top-k cost grows steeply with k.
+FAST_K = 128
+_NO_BOUND = 2**31 - 1  # keep_max when the user sets none
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes of per-chunk temporaries on the CPU
 _BYTES_PER_PAIR = 32  # float32 temporaries per (row, model) pair in the step, generous
 _CACHE_BYTES = 8 * 2**20  # default chunks keep one (rows x models) float32 array this small
@@ -250,10 +260,17 @@ def plan_batch(
             )
         k_cand = int(binner.n_candidates)
     n_pool = k_cand if k_cand is not None else n_models
-    cap = int(keep_max) if keep_max is not None else max(int(keep_min), DEFAULT_CAP)
-    cap = max(1, min(cap, n_pool))
-    if not return_candidates and not truncate:
-        cap = 1  # summaries use every model; only the best one is tracked (no top-k)
+
+    def list_length(pool: int) -> int:
+        """The sorted top list: it decides most rows' kept sets (longer ones are exact too)."""
+        if not return_candidates and not truncate:
+            return 1  # summaries use every model; only the best one is tracked (no top-k)
+        k = max(int(keep_min), FAST_K)
+        if keep_max is not None:
+            k = min(k, int(keep_max))
+        return max(1, min(k, pool))
+
+    list_k = list_length(n_pool)
 
     budget = int(memory_budget) if memory_budget is not None else _memory_budget()
     n_dev = jax.local_device_count()
@@ -272,23 +289,21 @@ def plan_batch(
 
     # Full-grid layout (also used for rows a binner cannot serve).
     if model_block_size is None:
-        block = max(cap, budget // max(chunk_size * _BYTES_PER_PAIR, 1))
+        block = max(list_length(n_models), budget // max(chunk_size * _BYTES_PER_PAIR, 1))
     else:
         block = int(model_block_size)
         if block < 1:
             raise ValueError(f"`model_block_size` must be >= 1, got {block}.")
-        block = max(block, cap)
+        block = max(block, list_length(n_models))
     block = min(block, n_models)
     n_blocks = -(-n_models // block)
     common = dict(
         n_models=n_models,
-        cap=cap,
         truncate=truncate,
-        keep_ties=bool(keep_ties),
+        keep_ties=bool(keep_ties) and keep_max is None,  # as BESTA: a count bound wins
         stat_cols=tuple(cols),
         find_multimodal=bool(find_multimodal),
         use_kde=bool(use_kde_for_stats),
-        fast_k=cap if (keep_ties or not truncate) else min(cap, max(int(keep_min), FAST_K)),
     )
     ext_cols = fitter._likelihood_in_space.extensive_cols()
     common["extensive"] = tuple(i for i, c in enumerate(cols) if c in ext_cols)
@@ -300,16 +315,19 @@ def plan_batch(
     dt = float_dtype()
     edges_dev = tuple(jnp.asarray(e, dt) for e in bins)
     hist, hist_index, bin_values = {}, (), ()
-    if n_blocks == 1 and not truncate and cols:
+    if n_blocks == 1 and cols:
         hist, hist_index, bin_values = _whole_grid_histograms(fitter.data.targets, cols, edges_dev)
-    full_config = StepConfig(block_size=block, n_blocks=n_blocks, **hist, **common)
+    full_config = StepConfig(
+        block_size=block, n_blocks=n_blocks, list_k=list_length(n_models), **hist, **common
+    )
     if k_cand is None:
         config = full_config
     else:
-        config = StepConfig(block_size=k_cand, n_blocks=1, **common)
+        config = StepConfig(block_size=k_cand, n_blocks=1, list_k=list_k, **common)
     params = StepParams(
         keep_mass=jnp.asarray(keep_mass, dt),
         keep_min=jnp.asarray(int(keep_min), jnp.int32),
+        keep_max=jnp.asarray(_NO_BOUND if keep_max is None else int(keep_max), jnp.int32),
         edges=edges_dev,
         hist_index=hist_index,
         bin_values=bin_values,
@@ -347,7 +365,7 @@ def plan_batch(
         "posterior_keep_min_candidates": int(keep_min),
         "posterior_keep_max_candidates": None if keep_max is None else int(keep_max),
         "posterior_keep_ties": bool(keep_ties),
-        "candidate_cap": cap,
+        "list_k": list_k,
         "fallback_to_full_grid": bool(fallback_to_full_grid),
         "return_candidates": bool(return_candidates),
         "version": __import__("jaxgrid").__version__,
@@ -483,7 +501,7 @@ class _Runner:
                 fallback |= np.asarray(fb, bool)[:n]
             cmask[:n][fallback] = False
         arrays = dict(x=x.astype(dt), sigma=s.astype(dt), upper=upper, cand=cand, cand_mask=cmask)
-        fb_rows = fb_parts = None
+        fb_rows = fb_parts = fb_arrays = None
         if self.binner is not None and plan.full_config is not None and fallback.any():
             # rows the binner could not serve: the whole grid, in a chunk of their own
             fb_rows = np.flatnonzero(fallback)
@@ -491,16 +509,16 @@ class _Runner:
             take = np.zeros(c, np.int64)
             take[: fb_rows.size] = fb_rows
             fvalid = np.arange(c) < fb_rows.size
-            fb_parts = self._split(
-                dict(
-                    x=np.where(fvalid[:, None], x[take], np.nan).astype(dt),
-                    sigma=np.where(fvalid[:, None], s[take], np.nan).astype(dt),
-                    upper=None if upper is None else upper[take] & fvalid[:, None],
-                    cand=None,
-                    cand_mask=None,
-                )
+            fb_arrays = dict(
+                x=np.where(fvalid[:, None], x[take], np.nan).astype(dt),
+                sigma=np.where(fvalid[:, None], s[take], np.nan).astype(dt),
+                upper=None if upper is None else upper[take] & fvalid[:, None],
+                cand=None,
+                cand_mask=None,
             )
-        return self._split(arrays), level, extra_flags, (fb_rows, fb_parts)
+            fb_parts = self._split(fb_arrays)
+        fb = (fb_rows, fb_parts)
+        return self._split(arrays), level, extra_flags, fb, (arrays, fb_arrays)
 
     def run(self, todo: np.ndarray) -> Iterator[dict[str, Any]]:
         """Yield host results per chunk, in order, one chunk behind the device."""
@@ -512,7 +530,7 @@ class _Runner:
             next_start = 2 * c
             for s in starts:
                 rows = todo[s : s + c]
-                parts, level, extra, (fb_rows, fb_parts) = futures.popleft().result()
+                parts, level, extra, (fb_rows, fb_parts), host = futures.popleft().result()
                 if next_start < todo.size:
                     futures.append(pool.submit(self._prepare, todo[next_start : next_start + c]))
                     next_start += c
@@ -523,20 +541,24 @@ class _Runner:
                         fb_rows,
                         self._dispatch(plan.full_config, self._full_grid_datas(), fb_parts),
                     )
-                pending.append((rows, level, extra, outs, fb))
+                pending.append((rows, level, extra, outs, fb, host))
                 if len(pending) > 1:
                     yield self._collect(*pending.popleft())
             while pending:
                 yield self._collect(*pending.popleft())
 
-    def _collect(self, rows, level, extra, outs, fb) -> dict[str, Any]:
+    def _collect(self, rows, level, extra, outs, fb, host_arrays) -> dict[str, Any]:
         """Host arrays of a chunk (the device's dtypes; no per-object work, few copies)."""
         n = rows.size
+        plan = self.plan
         host = _gather(outs)
         level_rows = np.full(n, -1 if level is None else int(level), np.int64)
+        fb_rows = None
         if fb is not None:
             fb_rows, fb_outs = fb
             full = _gather(fb_outs)
+            width = max(host.cand_idx.shape[1], full.cand_idx.shape[1])
+            host, full = _widen_lists(host, width), _widen_lists(full, width)
 
             def splice(a, b):
                 a = np.array(a)
@@ -545,20 +567,14 @@ class _Runner:
 
             host = jax.tree_util.tree_map(splice, host, full)
             level_rows[fb_rows] = -1
-        plan = self.plan
         status = (np.asarray(host.status[:n]) | plan.host_flags[rows] | extra).astype(np.int32)
+        bad = (status & int(BAD_STATUS)) != 0
         res = {
             "m": rows,
             "status": status,
-            "bad": (status & int(BAD_STATUS)) != 0,
+            "bad": bad,
             "level": level_rows,
             "keep_mass": np.full(n, plan.keep["keep_mass"]),
-            "candidate_idx": host.cand_idx[:n]
-            if plan.keep["return_candidates"]
-            else (np.zeros((n, 0), np.int32)),
-            "candidate_w": host.cand_w[:n]
-            if plan.keep["return_candidates"]
-            else (np.zeros((n, 0), np.float32)),
             "pdf": [p[:n] for p in host.pdf],
         }
         for f in (
@@ -576,7 +592,91 @@ class _Runner:
             *STAT_FIELDS,
         ):
             res[f] = getattr(host, f)[:n]
+        if plan.keep["return_candidates"]:
+            idx, w, off = self._candidate_lists(host, n, bad, host_arrays, fb_rows)
+        else:
+            idx, w, off = np.zeros(0, np.int64), np.zeros(0), np.zeros(n + 1, np.int64)
+        res["candidate_idx"], res["candidate_w"], res["candidate_offsets"] = idx, w, off
         return res
+
+    def _candidate_lists(self, host, n, bad, host_arrays, fb_rows):
+        """Every row's kept models as flat ragged arrays ``(idx, w, offsets)``: row ``i``'s
+        are ``idx[offsets[i]:offsets[i+1]]``, descending weight. The device lists the
+        first ``list_k``; rows that keep more are listed here from their log weights
+        (`pool_log_weights`, the step's arithmetic), sorted on the host."""
+        plan = self.plan
+        lengths = np.where(bad, 0, np.asarray(host.n_after[:n], np.int64))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        width = host.cand_idx.shape[1]
+        row_list = np.full(n, plan.config.list_k, np.int64)
+        if fb_rows is not None:
+            row_list[fb_rows] = plan.full_config.list_k
+        over = lengths > row_list
+        idx = np.empty(offsets[-1], np.int64)
+        w = np.empty(offsets[-1], np.float64)
+        short = np.arange(width)[None, :] < np.where(over, 0, lengths)[:, None]
+        r, c = np.nonzero(short)
+        dest = offsets[r] + c
+        idx[dest] = host.cand_idx[:n][r, c]
+        w[dest] = host.cand_w[:n][r, c]
+        if over.any():
+            main_over = over.copy()
+            arrays, fb_arrays = host_arrays
+            if fb_rows is not None:
+                main_over[fb_rows] = False
+                fb_over = np.flatnonzero(over[fb_rows])  # positions in the fallback chunk
+                if fb_over.size:
+                    self._list_long(
+                        plan.full_config,
+                        fb_arrays,
+                        fb_over,
+                        fb_rows[fb_over],
+                        lengths,
+                        offsets,
+                        idx,
+                        w,
+                    )
+            pos = np.flatnonzero(main_over)
+            if pos.size:
+                self._list_long(plan.config, arrays, pos, pos, lengths, offsets, idx, w)
+        return idx, w, offsets
+
+    def _list_long(self, config, arrays, pos, rows, lengths, offsets, idx, w):
+        """List the kept models of chunk rows ``pos`` (result rows ``rows``) into the flat
+        arrays: their log weights over the whole pool, sorted by (-lw, pool order)."""
+        fitter = self.fitter
+        data = self._full_grid_datas()[0] if config is self.plan.full_config else self.datas[0]
+        dev = self.devices[0]
+        chunk = Chunk(
+            **{k: None if v is None else jax.device_put(v, dev) for k, v in arrays.items()}
+        )
+        lik, prior = fitter._likelihood_in_space, fitter.prior
+        parts = [
+            np.asarray(pool_log_weights(config, data, lik, prior, chunk, jnp.int32(b)))[pos]
+            for b in range(config.n_blocks)
+        ]
+        lw = np.concatenate(parts, axis=1).astype(np.float64)
+        order = np.argsort(-lw, axis=1, kind="stable")
+        for j, i in enumerate(rows):
+            k = int(lengths[i])
+            o = order[j, :k]
+            v = lw[j, o]
+            p = np.exp(v - v[0])
+            pool = o if arrays["cand"] is None else arrays["cand"][pos[j], o]
+            idx[offsets[i] : offsets[i] + k] = pool
+            w[offsets[i] : offsets[i] + k] = p / p.sum()
+
+
+def _widen_lists(out, width: int):
+    """The chunk output with its candidate lists padded to ``width`` columns."""
+    pad = width - out.cand_idx.shape[1]
+    if pad == 0:
+        return out
+    return dataclasses.replace(
+        out,
+        cand_idx=np.pad(out.cand_idx, ((0, 0), (0, pad)), constant_values=-1),
+        cand_w=np.pad(out.cand_w, ((0, 0), (0, pad))),
+    )
 
 
 def _gather(outs):
@@ -587,41 +687,71 @@ def _gather(outs):
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
 
 
+_TRUNC_KEYS = (
+    "n_before",
+    "n_after",
+    "keep_mass",
+    "mass_kept",
+    "mass_dropped",
+    "cut_weight",
+    "ess_before",
+    "ess_after",
+)
+
+
 def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, Any]]:
+    """The per-object dicts of a chunk. Every column is converted to Python values in
+    one vectorised call per chunk (``tolist``), so the loop only builds the dicts."""
     names = plan.stats_names
-    for i, m in enumerate(res["m"]):
-        d: dict[str, Any] = {
-            "m": int(m),
-            "level": None if res["level"][i] < 0 else int(res["level"][i]),
-            "candidates": res["candidate_idx"][i, : res["n_after"][i]],
-            "post_models": res["candidate_w"][i, : res["n_after"][i]],
-            "truncation": {
-                "n_before": int(res["n_before"][i]),
-                "n_after": int(res["n_after"][i]),
-                "keep_mass": float(res["keep_mass"][i]),
-                "mass_kept": float(res["mass_kept"][i]),
-                "mass_dropped": float(res["mass_dropped"][i]),
-                "cut_weight": float(res["cut_weight"][i]),
-                "ess_before": float(res["ess_before"][i]),
-                "ess_after": float(res["ess_after"][i]),
-            },
-            "log_evidence": float(res["log_evidence"][i]),
-            "chi2_min": float(res["chi2_min"][i]),
-            "best": int(res["best"][i]),
-            "status": int(res["status"][i]),
+    off = res["candidate_offsets"].tolist()
+    idx, w = res["candidate_idx"], res["candidate_w"]
+    cands = [idx[a:b] for a, b in zip(off[:-1], off[1:], strict=True)]
+    posts = [w[a:b] for a, b in zip(off[:-1], off[1:], strict=True)]
+    trunc = [
+        res[k].astype(float if k not in ("n_before", "n_after") else int).tolist()
+        for k in _TRUNC_KEYS
+    ]
+    trunc_rows = [dict(zip(_TRUNC_KEYS, vals, strict=True)) for vals in zip(*trunc, strict=True)]
+    level = [None if v < 0 else v for v in res["level"].tolist()]
+    ms = res["m"].tolist()
+    lz = res["log_evidence"].astype(float).tolist()
+    c2 = res["chi2_min"].astype(float).tolist()
+    best = res["best"].tolist()
+    status = res["status"].tolist()
+    stat_rows = None
+    if names:
+        per = {
+            f: (res[f].astype(int) if f == "nmodes" else res[f].astype(float)).T.tolist()
+            for f in STAT_FIELDS
         }
-        if names:
-            stats: dict[str, Any] = {
-                name: {
-                    f: (int(res[f][i, j]) if f == "nmodes" else float(res[f][i, j]))
-                    for f in STAT_FIELDS
-                }
-                for j, name in enumerate(names)
-            }
-            stats["cov"] = res["cov"][i]
+        by_target = [
+            [
+                dict(zip(STAT_FIELDS, v, strict=True))
+                for v in zip(*(per[f][j] for f in STAT_FIELDS), strict=True)
+            ]
+            for j in range(len(names))
+        ]
+        stat_rows = list(zip(*by_target, strict=True))
+        cov = list(res["cov"])
+        pdfs = list(zip(*(list(p) for p in res["pdf"]), strict=True)) if plan.return_pdf else None
+    for i in range(len(ms)):
+        d: dict[str, Any] = {
+            "m": ms[i],
+            "level": level[i],
+            "candidates": cands[i],
+            "post_models": posts[i],
+            "truncation": trunc_rows[i],
+            "log_evidence": lz[i],
+            "chi2_min": c2[i],
+            "best": best[i],
+            "status": status[i],
+        }
+        if stat_rows is not None:
+            stats: dict[str, Any] = dict(zip(names, stat_rows[i], strict=True))
+            stats["cov"] = cov[i]
             d["stats"] = stats
-            if plan.return_pdf:
-                d["posts_target"] = {name: res["pdf"][j][i] for j, name in enumerate(names)}
+            if pdfs is not None:
+                d["posts_target"] = dict(zip(names, pdfs[i], strict=True))
         yield d
 
 

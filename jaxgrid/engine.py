@@ -2,27 +2,34 @@
 
 ``chunk_step(config, data, likelihood, prior, params, chunk) -> ChunkOutput`` is
 the only jit boundary of batch fitting. It is compiled once per static
-`StepConfig` (chunk size, candidate count, block layout, options) and reused
-for every chunk of a catalog of any length.
+`StepConfig` (chunk size, list length, block layout, options) and reused for
+every chunk of a catalog of any length.
 
-Per row (vmapped), over the models — the whole grid in ``n_blocks`` blocks of
-``block_size`` (online log-sum-exp merge), or the row's candidate list:
+Per row, over its *pool* of models — the whole grid (in ``n_blocks`` blocks of
+``block_size``, merged exactly) or the row's candidate list:
 
-1. log weights ``lw_i = log L + log pi + log w``; ``chi2_i``;
-2. running ``log Z``, ``sum w^2`` (ESS), ``chi2_min``, and the top ``cap``
-   models (merged block by block with ``lax.top_k``);
-3. truncation: the fewest top models whose mass reaches ``keep_mass`` (at least
-   ``keep_min``, at most ``cap``; ties optional), renormalised;
-4. summaries of the kept models (or, with truncation off, of every model, via
-   mergeable partial sums): histogram stats per target, covariance, KDE.
+1. log weights ``lw_i = log L + log pi + log w`` and ``chi2_i``;
+2. totals: ``log Z`` (log-sum-exp), ``sum w^2`` (ESS), ``chi2_min``, the best
+   model and the row's sorted top ``list_k`` models;
+3. truncation (`jaxgrid.truncation`): a log-weight threshold whose super-level
+   set is the kept set, of any size from 1 to the pool. When every row of the
+   chunk is decided by its top list (`select_sorted`), the summaries run on the
+   lists; otherwise the chunk finds each row's threshold by bisection
+   (`select_search`) and summarises *masked* pools — exact for any kept size;
+4. summaries of the kept models (every valid model when truncation is off):
+   histogram stats per target, covariance, KDE;
+5. flags (`Status`) and NaN clean-up of bad rows.
 
-Nothing here touches the host; statuses are bit flags (`Status`).
+The kept models are listed in ``cand_idx``/``cand_w`` up to ``list_k`` of them;
+``n_after`` may be larger — the host then lists the rest (`pool_log_weights`).
+Nothing here touches the host.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -40,10 +47,12 @@ from .summaries import (
     dense_histogram,
     hist_stats,
     histogram_from_index,
-    kde_masses,
+    kde_bandwidth,
+    kde_density_sum,
     merge_moments,
     moments,
 )
+from .truncation import Limits, Selection, kept_mask, select_search, select_sorted
 
 __all__ = [
     "Status",
@@ -53,6 +62,7 @@ __all__ = [
     "Chunk",
     "ChunkOutput",
     "chunk_step",
+    "pool_log_weights",
     "trace_count",
 ]
 
@@ -66,7 +76,7 @@ class Status(enum.IntFlag):
     NO_CANDIDATES = 2  #: the preselection gave this row no candidate
     ZERO_WEIGHT = 4  #: every model has zero posterior weight (log L + log prior = -inf)
     KDE_FALLBACK = 8  #: KDE impossible (one effective sample): histogram used instead
-    MASS_CAP = 16  #: the candidate cap bound before keep_mass was reached
+    MASS_CAP = 16  #: the user's posterior_keep_max_candidates bound before keep_mass was reached
     FULL_GRID_FALLBACK = 32  #: preselection failed for this row; the full grid was used
     BAD_INPUT = 64  #: infinite values or negative errors were treated as missing bands
     NO_MASS_IN_BINS = 128  #: a summarised target has no posterior mass inside its bins
@@ -86,25 +96,25 @@ def trace_count() -> int:
 class StepConfig:
     """Static configuration: every field changes the compiled program.
 
-    ``cap`` is the static top-k size: the most candidates a row can keep
-    (``posterior_keep_max_candidates`` when given). ``block_size`` x
-    ``n_blocks`` covers the (padded) grid on the full-grid path; on the
-    candidate path the single block is the row's K candidates.
+    ``list_k`` is the length of each row's sorted top list (the candidates the step
+    hands back; 1 = only the best model). ``block_size`` x ``n_blocks`` covers the
+    (padded) grid on the full-grid path; on the candidate path the single block is
+    the row's K candidates. ``keep_ties`` is the effective tie rule (off when the
+    user bounds the count with ``keep_max``, as BESTA).
     """
 
     n_models: int
     block_size: int
     n_blocks: int
-    cap: int
+    list_k: int
     truncate: bool
     keep_ties: bool
     stat_cols: tuple[int, ...]
     find_multimodal: bool
     use_kde: bool
-    fast_k: int = 0  #: first try a top-``fast_k`` (cheaper); full top-``cap`` if a row needs more
     extensive: tuple[int, ...] = ()  #: positions in stat_cols shifted by the likelihood
     #: per summarised target, a `histogram_layout` of the whole grid (full-grid,
-    #: one-block, untruncated steps only); empty = scatter-add histograms
+    #: one-block steps only); empty = scatter-add histograms
     hist_layouts: tuple[tuple, ...] = ()
     #: per summarised target: every model of a bin has the same value (`bin_constant_values`)
     hist_const: tuple[bool, ...] = ()
@@ -115,6 +125,7 @@ class StepParams(eqx.Module):
 
     keep_mass: Array
     keep_min: Array
+    keep_max: Array  #: the pool size when the user set no bound
     edges: tuple[Array, ...]
     hist_index: tuple[Array | None, ...] = ()  #: the "gather" layouts' bin -> models tables
     bin_values: tuple[Array | None, ...] = ()  #: per target, its value in each bin (hist_const)
@@ -138,8 +149,8 @@ class ChunkOutput(eqx.Module):
     chi2_min: Array
     best: Array
     status: Array
-    cand_idx: Array
-    cand_w: Array
+    cand_idx: Array  #: (rows, list_k) the first kept models, descending weight; -1 padded
+    cand_w: Array  #: (rows, list_k) their normalised weights; 0 padded
     n_before: Array
     n_after: Array
     mass_kept: Array
@@ -158,15 +169,26 @@ class ChunkOutput(eqx.Module):
     pdf: tuple[Array, ...]
 
 
-class _Acc(eqx.Module):
+class _Totals(NamedTuple):
+    """Whole-pool quantities of a row (scaled weights ``w = exp(lw - m)``)."""
+
     m: Array
     W: Array
     S2: Array
-    top_vals: Array
-    top_idx: Array
-    chi2_min: Array
     n_valid: Array
-    stats: Moments | None
+    chi2_min: Array
+    lo: Array  #: smallest finite log weight (bisection bracket)
+    top_vals: Array  #: (list_k,) descending log weights
+    top_idx: Array  #: (list_k,) their grid indices
+
+
+class _Kept(NamedTuple):
+    """A row's kept set and its summaries' raw material."""
+
+    sel: Selection
+    stats: Moments
+    kde: tuple[Array, ...] | None  #: per target, KDE masses per bin (None without KDE)
+    kde_ok: Array
 
 
 def _stat_columns(targets: Array, config: StepConfig) -> Array:
@@ -186,307 +208,118 @@ def _evaluate(lik, prior, data: GridData, x, sigma, upper, models, native, targe
     return lw, jnp.where(jnp.isfinite(lw), chi2, jnp.inf)
 
 
-def _top_k_then(config: StepConfig, params: StepParams, lw, log_z, n_valid, finish):
-    """``finish(top_vals, top_pos)`` on the top log weights of each row of ``lw``.
-
-    XLA's CPU top-k cost grows steeply with k, and so do the summaries of the
-    kept list. When ``fast_k < cap`` the chunk first takes the top ``fast_k``;
-    if every row reaches ``keep_mass`` within it (with a margin against
-    rounding), or has no more valid models, ``finish`` runs on that short list
-    — the kept sets are identical to a full top-``cap`` — and its per-row
-    candidate lists are padded to ``cap``. Otherwise the chunk takes the full
-    top-``cap``. (Inside a ``lax.cond`` XLA keeps its fast CPU top-k kernel;
-    inlined into the step it was seen to fall back to a ~30x slower sort, so
-    the full path goes through a cond too.)
-    """
-
-    def full(_):
-        return finish(*lax.top_k(lw, config.cap))
-
-    if config.cap == 1:  # only the best model: an argmax, no top-k
-        pos = argmax_last(lw)[:, None]
-        return finish(jnp.take_along_axis(lw, pos, axis=1), pos.astype(jnp.int32))
-    if config.fast_k >= config.cap:
-        return lax.cond(jnp.all(n_valid >= 0), full, full, None)
-    v1, p1 = lax.top_k(lw, config.fast_k)
-    shift = jnp.where(jnp.isfinite(log_z), log_z, 0.0)[:, None]
-    cum = jnp.sum(jnp.where(jnp.isfinite(v1), jnp.exp(v1 - shift), 0.0), axis=1)
-    ok = (cum >= params.keep_mass + 1e-4) | (n_valid <= config.fast_k) | ~jnp.isfinite(log_z)
-    pad = config.cap - config.fast_k
-
-    def fast(_):
-        out = finish(v1, p1)
-        rows = lw.shape[0]
-        return dataclasses.replace(
-            out,
-            cand_idx=jnp.concatenate(
-                [out.cand_idx, jnp.full((rows, pad), -1, out.cand_idx.dtype)], 1
-            ),
-            cand_w=jnp.concatenate([out.cand_w, jnp.zeros((rows, pad), out.cand_w.dtype)], 1),
-        )
-
-    return lax.cond(jnp.all(ok), fast, full, None)
-
-
-def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) -> ChunkOutput:
-    """All models of a row in one block (the whole grid, or the row's candidates)."""
-    dtype = data.models.dtype
-    if chunk.cand is None:
-
-        def evaluate(x, sigma, upper, cand, cand_mask):
-            return _evaluate(
-                lik,
-                prior,
-                data,
-                x,
-                sigma,
-                upper,
-                data.models,
-                data.models_native,
-                data.targets,
-                data.log_weights,
-                True,
-            )
-    else:
-
-        def evaluate(x, sigma, upper, cand, cand_mask):
-            safe = jnp.where(cand_mask, cand, 0)
-            return _evaluate(
-                lik,
-                prior,
-                data,
-                x,
-                sigma,
-                upper,
-                data.models[safe],
-                data.models_native[safe],
-                data.targets[safe],
-                data.log_weights[safe],
-                cand_mask,
-            )
-
-    lw, chi2 = jax.vmap(evaluate)(chunk.x, chunk.sigma, chunk.upper, chunk.cand, chunk.cand_mask)
-    # Materialise the log weights and chi^2 once: otherwise XLA re-fuses the whole
-    # likelihood into each consumer (chi2 min, max, exp, ...) and computes it ~3 times.
-    lw, chi2 = lax.optimization_barrier((lw, chi2))
-    m = jnp.max(lw, axis=1)
+def _scaled(lw, m):
     ms = jnp.where(jnp.isfinite(m), m, 0.0)
-    w = jnp.where(jnp.isfinite(lw), jnp.exp(lw - ms[:, None]), 0.0)
-    W, S2 = jnp.sum(w, axis=1), jnp.sum(w * w, axis=1)
-    # a float count (exact below 2^24 models): XLA's CPU int reduce materialises a copy
-    n_valid = jnp.sum(jnp.where(jnp.isfinite(lw), 1.0, 0.0), axis=1).astype(jnp.int32)
-    log_z = jnp.where(W > 0, m + jnp.log(jnp.where(W > 0, W, 1.0)), -jnp.inf)
-
-    # Whole grid, untruncated: scatter-free histograms where the grid's order allows,
-    # and the targets whose bins hold one value each (both planned on the host).
-    dense = vals = None
-    if chunk.cand is None and not config.truncate and config.hist_layouts:
-        dense = tuple(
-            None if layout[0] == "scatter" else dense_histogram(w, layout, index)
-            for layout, index in zip(config.hist_layouts, params.hist_index, strict=True)
-        )
-        if config.hist_const:
-            vals = tuple(
-                v if const else None
-                for v, const in zip(params.bin_values, config.hist_const, strict=True)
-            )
-
-    def finish_row(
-        x, sigma, upper, cand, cand_mask, lw_r, w_r, m_r, W_r, S2_r, chi2_r, nv, tv, ti, h_r
-    ):
-        stats = None
-        if not config.truncate:
-            if cand is None:
-                t, b = data.targets, model_bins
-            else:
-                safe = jnp.where(cand_mask, cand, 0)
-                t, b = data.targets[safe], tuple(mb[safe] for mb in model_bins)
-            hists = None
-            if h_r is not None:
-                hists = tuple(
-                    histogram_from_index(bi, w_r, e.shape[0] - 1) if h is None else h
-                    for h, bi, e in zip(h_r, b, params.edges, strict=True)
-                )
-            t = _stat_columns(t, config)
-            stats = moments(
-                lw_r, t, params.edges, b, scaled=(m_r, w_r), hists=hists, bin_values=vals
-            )
-        acc = _Acc(m_r, W_r, S2_r, tv, ti, jnp.min(chi2_r), nv, stats)
-        shift = _kept_shift(config, data, lik, x, sigma, upper, ti)
-        return _finalise(config, data, params, acc, x, sigma, cand_mask, dtype, model_bins, shift)
-
-    def finish(top_vals, top_pos):
-        if chunk.cand is None:
-            top_idx = top_pos
-        else:
-            safe = jnp.where(chunk.cand_mask, chunk.cand, 0)
-            top_idx = jnp.take_along_axis(safe, top_pos, axis=1)
-        return jax.vmap(finish_row)(
-            chunk.x,
-            chunk.sigma,
-            chunk.upper,
-            chunk.cand,
-            chunk.cand_mask,
-            lw,
-            w,
-            m,
-            W,
-            S2,
-            chi2,
-            n_valid,
-            top_vals,
-            top_idx,
-            dense,
-        )
-
-    return _top_k_then(config, params, lw, log_z, n_valid, finish)
+    return jnp.where(jnp.isfinite(lw), jnp.exp(lw - ms[..., None]), 0.0)
 
 
-def _blocked_row(
-    config: StepConfig, data: GridData, lik, prior, params: StepParams, model_bins, x, sigma, upper
-):
-    """One row against the whole grid, block by block (chunk x N over the memory budget)."""
-    dtype = data.models.dtype
+def _top(config: StepConfig, lw, n_valid):
+    """``(vals, pos)`` of the top ``list_k`` log weights of each row of ``lw``.
 
-    def evaluate(models, native, targets, log_w, gidx, valid):
-        return _evaluate(lik, prior, data, x, sigma, upper, models, native, targets, log_w, valid)
+    Inside a ``lax.cond`` XLA keeps its fast CPU top-k kernel; inlined into the
+    step it was seen to fall back to a ~30x slower sort (a cond whose branches are
+    the same function keeps the kernel and costs nothing)."""
+    if config.list_k == 1:  # only the best model: an argmax, no top-k
+        pos = argmax_last(lw)[:, None]
+        return jnp.take_along_axis(lw, pos, axis=1), pos.astype(jnp.int32)
 
-    def absorb(acc: _Acc | None, lw, chi2, gidx, targets, bins) -> _Acc:
-        m_b = jnp.max(lw)
-        if acc is None:
-            m = m_b
-        else:
-            m = jnp.maximum(acc.m, m_b)
-        ms = jnp.where(jnp.isfinite(m), m, 0.0)
-        w = jnp.where(jnp.isfinite(lw), jnp.exp(lw - ms), 0.0)
-        if acc is None:
-            vals, pos = lax.top_k(lw, config.cap)
-            idx = gidx[pos]
-            W, S2 = jnp.sum(w), jnp.sum(w * w)
-            chi2_min, n_valid = jnp.min(chi2), jnp.sum(jnp.isfinite(lw))
-        else:
-            scale = jnp.where(jnp.isfinite(acc.m), jnp.exp(acc.m - ms), 0.0)
-            vals, pos = lax.top_k(jnp.concatenate([acc.top_vals, lw]), config.cap)
-            idx = jnp.concatenate([acc.top_idx, gidx])[pos]
-            W = acc.W * scale + jnp.sum(w)
-            S2 = acc.S2 * scale**2 + jnp.sum(w * w)
-            chi2_min = jnp.minimum(acc.chi2_min, jnp.min(chi2))
-            n_valid = acc.n_valid + jnp.sum(jnp.isfinite(lw))
-        stats = None
-        if not config.truncate:
-            block = moments(lw, _stat_columns(targets, config), params.edges, bins)
-            stats = block if acc is None else merge_moments(acc.stats, block)
-        return _Acc(m, W, S2, vals, idx, chi2_min, n_valid, stats)
+    def top(_):
+        return lax.top_k(lw, config.list_k)
 
-    # The model axis in n_blocks blocks, merged exactly (online log-sum-exp).
-    B, nb = config.block_size, config.n_blocks
-
-    def blocks(a):
-        return a.reshape((nb, B) + a.shape[1:])
-
-    gidx_all = jnp.arange(nb * B, dtype=jnp.int32)
-    xs_blocks = (
-        blocks(data.models),
-        blocks(data.models_native),
-        blocks(data.targets),
-        blocks(data.log_weights),
-        blocks(gidx_all),
-        tuple(blocks(mb) for mb in model_bins),
-    )
-
-    def one(acc, blk):
-        models, native, targets, log_w, gidx, bins = blk
-        lw, chi2 = evaluate(models, native, targets, log_w, gidx, True)
-        return absorb(acc, lw, chi2, gidx, targets, bins)
-
-    first = jax.tree_util.tree_map(lambda a: a[0], xs_blocks)
-    acc = one(None, first)
-    if nb > 1:
-        rest = jax.tree_util.tree_map(lambda a: a[1:], xs_blocks)
-        acc, _ = lax.scan(lambda c, b: (one(c, b), None), acc, rest)
-
-    shift = _kept_shift(config, data, lik, x, sigma, upper, acc.top_idx)
-    return _finalise(config, data, params, acc, x, sigma, None, dtype, model_bins, shift)
+    return lax.cond(jnp.all(n_valid >= 0), top, top, None)
 
 
-def _kept_shift(config, data, lik, x, sigma, upper, top_idx):
-    """Per kept model shift of the extensive targets (e.g. log10 amplitude), or None."""
+def _limits(config: StepConfig, params: StepParams, W) -> Limits:
+    return Limits(params.keep_mass * W, params.keep_min, params.keep_max, config.keep_ties)
+
+
+def _all_valid(tot: _Totals) -> Selection:
+    """The 'selection' of an untruncated row: every valid model."""
+    z = jnp.zeros_like(tot.n_valid)
+    return Selection(tot.lo, tot.n_valid, z, tot.n_valid, jnp.zeros_like(tot.n_valid, bool))
+
+
+# ------------------------------------------------------------------ summaries
+def _shifted(config, data, lik, x, sigma, upper, models, t, bins, edges):
+    """Targets (and bins) of a pool with the extensive ones shifted per model."""
     if not config.extensive:
-        return None
+        return t, bins
     xs, ss = data.to_likelihood_space(x, sigma)
-    return lik.target_shift(xs, ss, data.models[top_idx], upper)
+    shift = lik.target_shift(xs, ss, models, upper)
+    bins = list(bins)
+    for i in config.extensive:
+        t = t.at[:, i].add(shift)
+        bins[i] = bin_index(t[:, i], edges[i])
+    return t, tuple(bins)
 
 
-def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, model_bins, shift=None):
+def _kde(config, params, t, w, stats: Moments):
+    """Per target KDE masses of a pool with kept weights ``w`` (Scott's rule on the
+    kept set's moments), and whether KDE was possible for every target."""
+    if not config.use_kde:
+        return None, jnp.array(True)
+    out, ok_all = [], jnp.array(True)
+    for i, e in enumerate(params.edges):
+        h, ok = kde_bandwidth(stats, i)
+        Ws = jnp.where(stats.W > 0, stats.W, 1.0)
+        out.append(kde_density_sum(t[:, i], w / Ws, e, h) * jnp.diff(e))
+        ok_all = ok_all & ok
+    return tuple(out), ok_all
+
+
+def _pool_summaries(config, params, w, t, bins, hists=None, vals=None):
+    """Moments of a pool's (masked) scaled weights ``w``."""
+    if hists is not None:
+        hists = tuple(
+            histogram_from_index(b, w, e.shape[0] - 1) if h is None else h
+            for h, b, e in zip(hists, bins, params.edges, strict=True)
+        )
+    # weights are already on the row's scale (w = exp(lw - m_row)): every pool and block
+    # shares the reference 0, so merging them needs no rescaling
+    m = jnp.zeros((), w.dtype)
+    return moments(w, t, params.edges, bins, scaled=(m, w), hists=hists, bin_values=vals)
+
+
+def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, dtype):
+    """Per-row outputs: truncation bookkeeping, per-target stats, flags, clean-up."""
     nan = jnp.array(jnp.nan, dtype)
-    has_mass = acc.W > 0
-    log_z = jnp.where(has_mass, acc.m + jnp.log(jnp.where(has_mass, acc.W, 1.0)), -jnp.inf)
-    z_shift = jnp.where(has_mass, log_z, 0.0)
-    w_top = jnp.where(jnp.isfinite(acc.top_vals) & has_mass, jnp.exp(acc.top_vals - z_shift), 0.0)
-    cum = cumsum_last(w_top)
-    pos = jnp.arange(acc.top_vals.shape[0])  # the (possibly short) top list
-    n_valid = acc.n_valid.astype(jnp.int32)
-    cap_bound = jnp.array(False)
+    has_mass = tot.W > 0
+    log_z = jnp.where(has_mass, tot.m + jnp.log(jnp.where(has_mass, tot.W, 1.0)), -jnp.inf)
+    sel, stats = kept.sel, kept.stats
+    Wk = jnp.where(stats.W > 0, stats.W, 1.0)
+    pos = jnp.arange(tot.top_vals.shape[0])
+    in_list = pos < sel.n_keep
+    w_list = jnp.where(in_list & jnp.isfinite(tot.top_vals), jnp.exp(tot.top_vals - tot.m), 0.0)
+    ess_before = tot.W**2 / jnp.where(tot.S2 > 0, tot.S2, 1.0)
     if config.truncate:
-        need = 1 + jnp.sum(cum < params.keep_mass).astype(jnp.int32)
-        n_keep = jnp.clip(jnp.maximum(need, params.keep_min), 1, config.cap)
-        n_keep = jnp.minimum(n_keep, n_valid)
-        if config.keep_ties:
-            thr = w_top[jnp.maximum(n_keep - 1, 0)]
-            n_keep = jnp.maximum(n_keep, jnp.sum((w_top >= thr) & (w_top > 0)).astype(jnp.int32))
-        cap_bound = (need > config.cap) & (n_valid > config.cap)
+        mass_kept = stats.W / jnp.where(has_mass, tot.W, 1.0)
+        cut_weight = jnp.where(has_mass, jnp.exp(sel.t - log_z), 0.0)
+        ess_after = stats.W**2 / jnp.where(stats.S2 > 0, stats.S2, 1.0)
     else:
-        n_keep = jnp.minimum(n_valid, config.cap)
-    keep = pos < n_keep
-    kept_w = jnp.where(keep, w_top, 0.0)
-    kept_sum = jnp.sum(kept_w)
-    post = kept_w / jnp.where(kept_sum > 0, kept_sum, 1.0)
-    ess_before = acc.W**2 / jnp.where(acc.S2 > 0, acc.S2, 1.0)
-    ess_after = 1.0 / jnp.where(jnp.sum(post**2) > 0, jnp.sum(post**2), 1.0)
-    # targets of the listed models (extensive ones shifted per model) and their bins
-    t_kept = _stat_columns(data.targets[acc.top_idx], config)
-    kept_bins = [mb[acc.top_idx] for mb in model_bins]
-    if shift is not None:
-        for i in config.extensive:
-            t_kept = t_kept.at[:, i].add(shift)
-            kept_bins[i] = bin_index(t_kept[:, i], params.edges[i])
-    kept_bins = tuple(kept_bins)
-    if config.truncate:
-        mass_kept = kept_sum
-        cut_weight = w_top[jnp.maximum(n_keep - 1, 0)]
-        kept_lw = jnp.where(keep, acc.top_vals, -jnp.inf)
-        stats = moments(kept_lw, t_kept, params.edges, kept_bins)
-    else:
-        mass_kept = jnp.array(1.0, dtype)
-        cut_weight = jnp.array(0.0, dtype)
-        ess_after = ess_before
-        stats = acc.stats
+        mass_kept, cut_weight, ess_after = jnp.array(1.0, dtype), jnp.array(0.0, dtype), ess_before
 
     kde_failed = jnp.array(False)
     per_target = []
     for i, e in enumerate(params.edges):
         mass = stats.hists[i]
-        if config.use_kde:
-            kept_t = t_kept[:, i]
-            kmass, ok = kde_masses(kept_t, post, e)
-            mass = jnp.where(ok, kmass, mass)
-            kde_failed = kde_failed | ~ok
+        if kept.kde is not None:
+            mass = jnp.where(kept.kde_ok, kept.kde[i], mass)
+            kde_failed = ~kept.kde_ok
         per_target.append(hist_stats(mass, e, config.find_multimodal))
     no_mass = jnp.array(False)
     for hs in per_target:
         no_mass = no_mass | jnp.isnan(hs.mean)
 
     d = len(config.stat_cols)
-    Ws = jnp.where(stats.W > 0, stats.W, 1.0)
-    s2n = stats.S2 / Ws**2
-    cov = (stats.M / Ws) / jnp.where(s2n < 1.0, 1.0 - s2n, jnp.nan)
+    s2n = stats.S2 / Wk**2
+    cov = (stats.M / Wk) / jnp.where(s2n < 1.0, 1.0 - s2n, jnp.nan)
 
     usable = jnp.any(jnp.isfinite(x) & jnp.isfinite(sigma))
     status = jnp.where(usable, 0, int(Status.NO_OBSERVABLES))
     if cand_mask is not None:
         status = status | jnp.where(jnp.any(cand_mask), 0, int(Status.NO_CANDIDATES))
     status = status | jnp.where((status == 0) & ~has_mass, int(Status.ZERO_WEIGHT), 0)
-    status = status | jnp.where(cap_bound, int(Status.MASS_CAP), 0)
+    status = status | jnp.where(sel.capped, int(Status.MASS_CAP), 0)
     if config.use_kde:
         status = status | jnp.where(kde_failed, int(Status.KDE_FALLBACK), 0)
     bad = (status & int(BAD_STATUS)) != 0
@@ -505,15 +338,16 @@ def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, model
         if d
         else jnp.zeros(0, jnp.int32)
     )
+    listed = in_list & ~bad
     return ChunkOutput(
         log_evidence=jnp.where(bad, -jnp.inf, log_z),
-        chi2_min=jnp.where(bad, nan, acc.chi2_min),
-        best=jnp.where(bad, -1, acc.top_idx[0]),
+        chi2_min=jnp.where(bad, nan, tot.chi2_min),
+        best=jnp.where(bad, -1, tot.top_idx[0]),
         status=status.astype(jnp.int32),
-        cand_idx=jnp.where(keep & ~bad, acc.top_idx, -1),
-        cand_w=jnp.where(keep & ~bad, post, 0.0),
-        n_before=jnp.where(bad, 0, n_valid),
-        n_after=jnp.where(bad, 0, n_keep),
+        cand_idx=jnp.where(listed, tot.top_idx, -1),
+        cand_w=jnp.where(listed, w_list / Wk, 0.0),
+        n_before=jnp.where(bad, 0, tot.n_valid),
+        n_after=jnp.where(bad, 0, sel.n_keep),
         mass_kept=clean(mass_kept),
         mass_dropped=clean(1.0 - mass_kept),
         cut_weight=clean(cut_weight),
@@ -531,6 +365,358 @@ def _finalise(config, data, params, acc: _Acc, x, sigma, cand_mask, dtype, model
     )
 
 
+# --------------------------------------------------------- one block per row
+def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) -> ChunkOutput:
+    """All models of a row in one block (the whole grid, or the row's candidates)."""
+    dtype = data.models.dtype
+    cand = chunk.cand is not None
+
+    def pool(x, sigma, upper, c, cmask):
+        """A row's pool: (models, native, targets, log w, valid, bins)."""
+        if not cand:
+            return (
+                data.models,
+                data.models_native,
+                data.targets,
+                data.log_weights,
+                True,
+                model_bins,
+            )
+        safe = jnp.where(cmask, c, 0)
+        return (
+            data.models[safe],
+            data.models_native[safe],
+            data.targets[safe],
+            data.log_weights[safe],
+            cmask,
+            tuple(mb[safe] for mb in model_bins),
+        )
+
+    def evaluate(x, sigma, upper, c, cmask):
+        models, native, targets, log_w, valid, _ = pool(x, sigma, upper, c, cmask)
+        return _evaluate(lik, prior, data, x, sigma, upper, models, native, targets, log_w, valid)
+
+    rows = (chunk.x, chunk.sigma, chunk.upper, chunk.cand, chunk.cand_mask)
+    lw, chi2 = jax.vmap(evaluate)(*rows)
+    # Materialise the log weights and chi^2 once: otherwise XLA re-fuses the whole
+    # likelihood into each consumer (chi2 min, max, exp, ...) and computes it ~3 times.
+    lw, chi2 = lax.optimization_barrier((lw, chi2))
+    m = jnp.max(lw, axis=1)
+    w = _scaled(lw, m)
+    W, S2 = jnp.sum(w, axis=1), jnp.sum(w * w, axis=1)
+    finite = jnp.isfinite(lw)
+    # a float count (exact below 2^24 models): XLA's CPU int reduce materialises a copy
+    n_valid = jnp.sum(jnp.where(finite, 1.0, 0.0), axis=1).astype(jnp.int32)
+    lo = jnp.min(jnp.where(finite, lw, jnp.inf), axis=1)
+    top_vals, top_pos = _top(config, lw, n_valid)
+    top_idx = (
+        top_pos
+        if not cand
+        else jnp.take_along_axis(jnp.where(chunk.cand_mask, chunk.cand, 0), top_pos, axis=1)
+    )
+    tot = _Totals(m, W, S2, n_valid, jnp.min(chi2, axis=1), lo, top_vals, top_idx)
+
+    # Whole grid: scatter-free histograms where the grid's order allows, and the
+    # targets whose bins hold one value each (both planned on the host).
+    dense = vals = None
+    if not cand and config.hist_layouts:
+        vals = (
+            tuple(
+                v if c else None for v, c in zip(params.bin_values, config.hist_const, strict=True)
+            )
+            if config.hist_const
+            else None
+        )
+
+        def dense_hists(wk):
+            return tuple(
+                None if layout[0] == "scatter" else dense_histogram(wk, layout, index)
+                for layout, index in zip(config.hist_layouts, params.hist_index, strict=True)
+            )
+
+        dense = dense_hists
+    if config.extensive:
+        vals = None  # shifted targets no longer sit one value per bin
+
+    def whole(sel: Selection, wk):
+        """Summaries of every row's whole pool under kept weights ``wk`` (rows, n)."""
+        hists = None if dense is None else dense(wk)
+
+        def one(x, sigma, upper, c, cmask, w_r, h_r):
+            models, _, targets, _, _, bins = pool(x, sigma, upper, c, cmask)
+            t = _stat_columns(targets, config)
+            t, bins = _shifted(config, data, lik, x, sigma, upper, models, t, bins, params.edges)
+            hh = h_r if h_r is not None else (None,) * len(bins)
+            stats = _pool_summaries(config, params, w_r, t, bins, hh, vals)
+            kde, ok = _kde(config, params, t, w_r, stats)
+            return stats, kde, ok
+
+        stats, kde, ok = jax.vmap(one)(*rows, wk, hists)
+        return _Kept(sel, stats, kde, ok)
+
+    def listed(sel: Selection):
+        """Summaries of the kept models on each row's top list (it decides them all)."""
+
+        def one(x, sigma, upper, c, cmask, vals_r, idx_r, m_r, s: Selection):
+            wk = jnp.where(jnp.arange(config.list_k) < s.n_keep, _scaled(vals_r, m_r), 0.0)
+            models = data.models[idx_r]
+            t = _stat_columns(data.targets[idx_r], config)
+            bins = tuple(mb[idx_r] for mb in model_bins)
+            t, bins = _shifted(config, data, lik, x, sigma, upper, models, t, bins, params.edges)
+            stats = _pool_summaries(config, params, wk, t, bins)
+            kde, ok = _kde(config, params, t, wk, stats)
+            return stats, kde, ok
+
+        stats, kde, ok = jax.vmap(one)(*rows, top_vals, top_idx, m, sel)
+        return _Kept(sel, stats, kde, ok)
+
+    if not config.truncate:
+        kept = whole(_all_valid(tot), w)
+    else:
+        fast, fits = jax.vmap(
+            lambda v, m_r, W_r, n_r: select_sorted(v, m_r, _limits(config, params, W_r), n_r)
+        )(top_vals, m, W, n_valid)
+        limits = _limits(config, params, W)
+
+        def exact(_):
+            def stats_at(t):
+                ge, gt = lw >= t[:, None], lw > t[:, None]
+                one = jnp.ones_like(w)
+                return (
+                    jnp.sum(jnp.where(ge, one, 0.0), 1),
+                    jnp.sum(jnp.where(ge, w, 0.0), 1),
+                    jnp.sum(jnp.where(gt, one, 0.0), 1),
+                    jnp.sum(jnp.where(gt, w, 0.0), 1),
+                )
+
+            hi = jnp.where(n_valid > 0, m, 0.0)
+            sel = select_search(stats_at, jnp.where(n_valid > 0, lo, 0.0), hi, m, limits, n_valid)
+            return whole(sel, jnp.where(kept_mask(lw, sel), w, 0.0))
+
+        kept = lax.cond(jnp.all(fits), lambda _: listed(fast), exact, None)
+
+    return jax.vmap(
+        lambda tot_r, kept_r, x, sigma, cm: _finish_row(
+            config, params, tot_r, kept_r, x, sigma, cm, dtype
+        )
+    )(tot, kept, chunk.x, chunk.sigma, chunk.cand_mask)
+
+
+# ------------------------------------------------------- model blocks per row
+def _blocks(config: StepConfig, data: GridData, model_bins):
+    """The (padded) grid as ``n_blocks`` blocks (leading axis) for `lax.scan`."""
+    B, nb = config.block_size, config.n_blocks
+
+    def split(a):
+        return a.reshape((nb, B) + a.shape[1:])
+
+    return (
+        split(data.models),
+        split(data.models_native),
+        split(data.targets),
+        split(data.log_weights),
+        split(jnp.arange(nb * B, dtype=jnp.int32)),
+        tuple(split(mb) for mb in model_bins),
+    )
+
+
+def _scan_blocks(blocks, init, fn):
+    """``fn(carry, block) -> carry`` over every block."""
+    first = jax.tree_util.tree_map(lambda a: a[0], blocks)
+    carry = fn(init, first)
+    if jax.tree_util.tree_leaves(blocks)[0].shape[0] > 1:
+        rest = jax.tree_util.tree_map(lambda a: a[1:], blocks)
+        carry, _ = lax.scan(lambda c, b: (fn(c, b), None), carry, rest)
+    return carry
+
+
+def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> ChunkOutput:
+    """Rows against the whole grid, block by block (chunk x N over the memory budget).
+
+    Pass 1 gathers each row's totals and top list (and, untruncated, its moments); a
+    chunk whose rows are not all decided by their lists finds each threshold by
+    bisection (one pass over the blocks per step) and summarises in a last pass."""
+    dtype = data.models.dtype
+    L = config.list_k
+    blocks = _blocks(config, data, model_bins)
+
+    def lw_of(x, sigma, upper, blk):
+        models, native, targets, log_w, gidx, bins = blk
+        return _evaluate(lik, prior, data, x, sigma, upper, models, native, targets, log_w, True)
+
+    def block_targets(x, sigma, upper, blk):
+        models, _, targets, _, _, bins = blk
+        t = _stat_columns(targets, config)
+        return _shifted(config, data, lik, x, sigma, upper, models, t, bins, params.edges)
+
+    def pass1(x, sigma, upper):
+        def absorb(acc, blk):
+            lw, chi2 = lw_of(x, sigma, upper, blk)
+            gidx = blk[4]
+            m_b = jnp.max(lw)
+            m = m_b if acc is None else jnp.maximum(acc[0].m, m_b)
+            w = _scaled(lw, m)
+            finite = jnp.isfinite(lw)
+            lo_b = jnp.min(jnp.where(finite, lw, jnp.inf))
+            stats = None
+            if not config.truncate:
+                t, bins = block_targets(x, sigma, upper, blk)
+                stats = moments(lw, t, params.edges, bins)
+            if acc is None:
+                vals, pos = lax.top_k(lw, L)
+                tot = _Totals(
+                    m,
+                    jnp.sum(w),
+                    jnp.sum(w * w),
+                    jnp.sum(finite).astype(jnp.int32),
+                    jnp.min(chi2),
+                    lo_b,
+                    vals,
+                    gidx[pos],
+                )
+                return tot, stats
+            prev, pstats = acc
+            scale = jnp.where(
+                jnp.isfinite(prev.m), jnp.exp(prev.m - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0
+            )
+            vals, pos = lax.top_k(jnp.concatenate([prev.top_vals, lw]), L)
+            tot = _Totals(
+                m,
+                prev.W * scale + jnp.sum(w),
+                prev.S2 * scale**2 + jnp.sum(w * w),
+                prev.n_valid + jnp.sum(finite).astype(jnp.int32),
+                jnp.minimum(prev.chi2_min, jnp.min(chi2)),
+                jnp.minimum(prev.lo, lo_b),
+                vals,
+                jnp.concatenate([prev.top_idx, gidx])[pos],
+            )
+            return tot, None if stats is None else merge_moments(pstats, stats)
+
+        return _scan_blocks(blocks, None, absorb)
+
+    rows = (chunk.x, chunk.sigma, chunk.upper)
+    tot, untrunc = jax.vmap(pass1)(*rows)
+
+    def listed_row(x, sigma, upper, tot_r: _Totals, sel: Selection):
+        wk = jnp.where(jnp.arange(L) < sel.n_keep, _scaled(tot_r.top_vals, tot_r.m), 0.0)
+        idx = tot_r.top_idx
+        t = _stat_columns(data.targets[idx], config)
+        bins = tuple(mb[idx] for mb in model_bins)
+        t, bins = _shifted(
+            config, data, lik, x, sigma, upper, data.models[idx], t, bins, params.edges
+        )
+        stats = _pool_summaries(config, params, wk, t, bins)
+        kde, ok = _kde(config, params, t, wk, stats)
+        return _Kept(sel, stats, kde, ok)
+
+    def masked_row(ranked: bool):
+        """Summaries of a row's kept models by one pass over the blocks (and a KDE pass)."""
+
+        def run(x, sigma, upper, tot_r: _Totals, sel: Selection):
+            def kept_w(blk, seen):
+                lw, _ = lw_of(x, sigma, upper, blk)
+                above, at = lw > sel.t, (lw == sel.t) & jnp.isfinite(lw)
+                if ranked:
+                    rank = seen + cumsum_last(jnp.where(at, 1.0, 0.0)).astype(jnp.int32)
+                    keep = above | (at & (rank <= sel.r))
+                    seen = seen + jnp.sum(at.astype(jnp.int32))
+                else:
+                    keep = above | at
+                return jnp.where(keep, _scaled(lw, tot_r.m), 0.0), seen
+
+            def absorb(acc, blk):
+                stats, seen = acc
+                wk, seen = kept_w(blk, seen)
+                t, bins = block_targets(x, sigma, upper, blk)
+                s = _pool_summaries(config, params, wk, t, bins, (None,) * len(bins))
+                # rescale onto the row's max: every block's m is 0 here (weights are scaled)
+                return (s if stats is None else merge_moments(stats, s)), seen
+
+            stats, _ = _scan_blocks(blocks, (None, jnp.int32(0)), absorb)
+            if not config.use_kde:
+                return _Kept(sel, stats, None, jnp.array(True))
+            hs = [kde_bandwidth(stats, i) for i in range(len(params.edges))]
+            Ws = jnp.where(stats.W > 0, stats.W, 1.0)
+
+            def kde_absorb(acc, blk):
+                dens, seen = acc
+                wk, seen = kept_w(blk, seen)
+                t, _ = block_targets(x, sigma, upper, blk)
+                add = tuple(
+                    kde_density_sum(t[:, i], wk / Ws, e, h)
+                    for i, (e, (h, _)) in enumerate(zip(params.edges, hs, strict=True))
+                )
+                return tuple(a + b for a, b in zip(dens, add, strict=True)), seen
+
+            zero = tuple(jnp.zeros(e.shape[0] - 1, dtype) for e in params.edges)
+            dens, _ = _scan_blocks(blocks, (zero, jnp.int32(0)), kde_absorb)
+            ok = jnp.array(True)
+            for _, o in hs:
+                ok = ok & o
+            kde = tuple(d * jnp.diff(e) for d, e in zip(dens, params.edges, strict=True))
+            return _Kept(sel, stats, kde, ok)
+
+        return run
+
+    if not config.truncate:
+        sel = _all_valid(tot)
+        if config.use_kde:
+            kept = jax.vmap(masked_row(False))(*rows, tot, sel)
+        else:
+            kept = _Kept(sel, untrunc, None, jnp.ones(chunk.x.shape[0], bool))
+    else:
+        fast, fits = jax.vmap(
+            lambda v, m_r, W_r, n_r: select_sorted(v, m_r, _limits(config, params, W_r), n_r)
+        )(tot.top_vals, tot.m, tot.W, tot.n_valid)
+
+        def exact(_):
+            def search(x, sigma, upper, tot_r: _Totals):
+                lim = _limits(config, params, tot_r.W)
+
+                def stats_at(t):
+                    def absorb(acc, blk):
+                        lw, _ = lw_of(x, sigma, upper, blk)
+                        w = _scaled(lw, tot_r.m)
+                        ge, gt = lw >= t, lw > t
+                        return (
+                            acc[0] + jnp.sum(ge),
+                            acc[1] + jnp.sum(jnp.where(ge, w, 0.0)),
+                            acc[2] + jnp.sum(gt),
+                            acc[3] + jnp.sum(jnp.where(gt, w, 0.0)),
+                        )
+
+                    z = jnp.zeros((), dtype)
+                    return _scan_blocks(blocks, (jnp.int32(0), z, jnp.int32(0), z), absorb)
+
+                ok = tot_r.n_valid > 0
+                return select_search(
+                    stats_at,
+                    jnp.where(ok, tot_r.lo, 0.0),
+                    jnp.where(ok, tot_r.m, 0.0),
+                    tot_r.m,
+                    lim,
+                    tot_r.n_valid,
+                )
+
+            sel = jax.vmap(search)(*rows, tot)
+            return lax.cond(
+                jnp.any(sel.split_tie & (sel.n_keep > 0)),
+                lambda s: jax.vmap(masked_row(True))(*rows, tot, s),
+                lambda s: jax.vmap(masked_row(False))(*rows, tot, s),
+                sel,
+            )
+
+        kept = lax.cond(
+            jnp.all(fits), lambda _: jax.vmap(listed_row)(*rows, tot, fast), exact, None
+        )
+
+    return jax.vmap(
+        lambda tot_r, kept_r, x, sigma: _finish_row(
+            config, params, tot_r, kept_r, x, sigma, None, dtype
+        )
+    )(tot, kept, chunk.x, chunk.sigma)
+
+
 @eqx.filter_jit
 def chunk_step(
     config: StepConfig, data: GridData, likelihood, prior, params: StepParams, chunk: Chunk
@@ -544,11 +730,36 @@ def chunk_step(
         bin_index(data.targets[:, c], e)
         for c, e in zip(config.stat_cols, params.edges, strict=True)
     )
-
-    def row(x, sigma, upper):
-        return _blocked_row(config, data, likelihood, prior, params, model_bins, x, sigma, upper)
-
     if config.n_blocks == 1 or chunk.cand is not None:
         return _single_block(config, data, likelihood, prior, params, chunk, model_bins)
-    # Optional fields are None (empty pytrees), which vmap passes through.
-    return jax.vmap(row)(chunk.x, chunk.sigma, chunk.upper)
+    return _blocked(config, data, likelihood, prior, params, chunk, model_bins)
+
+
+@eqx.filter_jit
+def pool_log_weights(
+    config: StepConfig, data: GridData, likelihood, prior, chunk: Chunk, block: Array
+) -> Array:
+    """``(rows, block_size)`` log weights of a chunk's rows over model block ``block``
+    of the grid (or over each row's candidates): what the host needs to list the
+    kept models of rows whose kept set is longer than ``list_k``. Same arithmetic
+    as `chunk_step` (`_evaluate`)."""
+
+    def row(x, sigma, upper, c, cmask):
+        if c is None:
+            B = config.block_size
+            start = block * B
+
+            def sl(a):
+                return lax.dynamic_slice_in_dim(a, start, B)
+
+            models, native = sl(data.models), sl(data.models_native)
+            targets, log_w, valid = sl(data.targets), sl(data.log_weights), True
+        else:
+            safe = jnp.where(cmask, c, 0)
+            models, native = data.models[safe], data.models_native[safe]
+            targets, log_w, valid = data.targets[safe], data.log_weights[safe], cmask
+        return _evaluate(
+            likelihood, prior, data, x, sigma, upper, models, native, targets, log_w, valid
+        )[0]
+
+    return jax.vmap(row)(chunk.x, chunk.sigma, chunk.upper, chunk.cand, chunk.cand_mask)

@@ -31,6 +31,10 @@ __all__ = [
     "HistStats",
     "hist_stats",
     "kde_masses",
+    "kde_bandwidth",
+    "kde_density_sum",
+    "count_modes",
+    "MODE_FLOOR",
     "cumsum_last",
     "argmax_last",
     "histogram_layout",
@@ -285,10 +289,39 @@ def _quantile(cdf: Array, edges: Array, q: float) -> Array:
     return edges[k] + frac * (edges[k + 1] - edges[k])
 
 
+#: Bins whose density is below this fraction of the peak density count as empty, and a
+#: change between neighbouring bins smaller than it counts as flat, when counting modes.
+MODE_FLOOR = 1e-3
+
+
+def count_modes(density: Float[Array, " bins"], floor: float = MODE_FLOOR) -> Array:
+    """Number of modes of a binned density: maximal runs of bins (plateaus included)
+    higher than the bins on both sides, edge bins included (outside the edges the
+    density is 0). Bins below ``floor`` x the peak count as empty and steps smaller
+    than ``floor`` x the peak as flat, so float32 residues and rounding never make a
+    mode. 0 when the density is empty or not finite.
+
+    Counted as the falls (``-1``) of the sign sequence of the steps ``d[k+1] - d[k]``
+    (zero-padded ends, flat steps dropped) that follow a rise (``+1``).
+    """
+    peak = jnp.max(jnp.where(jnp.isfinite(density), density, 0.0))
+    d = jnp.where(density >= floor * peak, density, 0.0)
+    e = jnp.concatenate([jnp.zeros(1, d.dtype), d, jnp.zeros(1, d.dtype)])
+    step = jnp.diff(e)
+    sign = jnp.where(step > floor * peak, 1, jnp.where(step < -floor * peak, -1, 0))
+    j = jnp.arange(sign.shape[0])
+    # index of the last non-flat step before each step (-1 if none): a log-depth scan
+    last = lax.associative_scan(jnp.maximum, jnp.where(sign != 0, j, -1))
+    prev = jnp.concatenate([jnp.full(1, -1, last.dtype), last[:-1]])
+    prev_sign = jnp.where(prev >= 0, sign[jnp.maximum(prev, 0)], 0)
+    n = jnp.sum((sign == -1) & (prev_sign == 1)).astype(jnp.int32)
+    return jnp.where(peak > 0, n, 0)
+
+
 def hist_stats(mass: Float[Array, " bins"], edges: Float[Array, " edges"], find_multimodal: bool):
     """Mean, std (of the binned density, at bin centres), MAP (centre of the largest
     mass), median and 16/84 % (CDF interpolated linearly between edges) and the
-    number of modes (strict interior local maxima when ``find_multimodal``, else 1)."""
+    number of modes (`count_modes` of the density when ``find_multimodal``, else 1)."""
     total = jnp.sum(mass)
     ok = total > 0
     p = mass / jnp.where(ok, total, 1.0)
@@ -297,11 +330,7 @@ def hist_stats(mass: Float[Array, " bins"], edges: Float[Array, " edges"], find_
     mean = jnp.sum(p * c)
     std = jnp.sqrt(jnp.maximum(jnp.sum(p * (c - mean) ** 2), 0.0))
     cdf = jnp.concatenate([jnp.zeros(1, p.dtype), cumsum_last(p)])
-    if find_multimodal and mass.shape[0] >= 3:
-        mid = mass[1:-1]
-        nmodes = jnp.sum((mid > mass[:-2]) & (mid > mass[2:])).astype(jnp.int32)
-    else:
-        nmodes = jnp.int32(1)
+    nmodes = count_modes(p / width) if find_multimodal else jnp.int32(1)
     nan = jnp.nan
     return HistStats(
         mean=jnp.where(ok, mean, nan),
@@ -315,28 +344,39 @@ def hist_stats(mass: Float[Array, " bins"], edges: Float[Array, " edges"], find_
     )
 
 
-def kde_masses(
-    t: Float[Array, " cand"], w: Float[Array, " cand"], edges: Float[Array, " edges"]
-) -> tuple[Array, Array]:
-    """Weighted Gaussian KDE of ``t`` evaluated at the bin centres, as masses per bin.
-
-    Bandwidth by Scott's rule with the effective sample size, as
-    ``scipy.stats.gaussian_kde``: ``h^2 = var_w n_eff^(-2/5)``, with the
-    unbiased weighted variance ``var_w = sum w (t-mu)^2 / (1 - sum w^2)`` (``w``
-    normalised) and ``n_eff = 1 / sum w^2``. Returns ``(mass (bins,), ok)``;
-    ``ok`` is false (fall back to the histogram) for fewer than two effective
-    samples or zero spread.
-    """
-    W = jnp.sum(w)
-    wn = w / jnp.where(W > 0, W, 1.0)
-    s2 = jnp.sum(wn * wn)
-    mu = jnp.sum(wn * t)
-    var = jnp.sum(wn * (t - mu) ** 2) / jnp.where(s2 < 1, 1.0 - s2, 1.0)
+def kde_bandwidth(stats: Moments, i: int) -> tuple[Array, Array]:
+    """Scott's-rule bandwidth of target ``i`` from a set's partial sums, as
+    ``scipy.stats.gaussian_kde`` with weights: ``h^2 = var_w n_eff^(-2/5)`` with the
+    unbiased weighted variance ``var_w = sum w (t-mu)^2 / (W (1 - sum wn^2))``
+    (``wn = w / W``) and ``n_eff = 1 / sum wn^2``. Returns ``(h, ok)``; ``ok`` is false
+    (fall back to the histogram) for fewer than two effective samples or no spread."""
+    W = stats.W
+    Ws = jnp.where(W > 0, W, 1.0)
+    s2 = stats.S2 / Ws**2
+    var = (stats.M[i, i] / Ws) / jnp.where(s2 < 1, 1.0 - s2, 1.0)
     n_eff = 1.0 / jnp.where(s2 > 0, s2, 1.0)
     h2 = var * n_eff ** (-0.4)
     ok = (W > 0) & (s2 < 1.0 - 1e-6) & (h2 > 0) & jnp.isfinite(h2)
-    h = jnp.sqrt(jnp.where(ok, h2, 1.0))
+    return jnp.sqrt(jnp.where(ok, h2, 1.0)), ok
+
+
+def kde_density_sum(
+    t: Float[Array, " cand"], wn: Float[Array, " cand"], edges: Float[Array, " edges"], h: Array
+) -> Float[Array, " bins"]:
+    """``sum_i wn_i N(c_k; t_i, h^2)`` at the bin centres ``c_k``: the KDE density of a
+    set (or, for disjoint parts of it, the parts' terms, which add)."""
     c = 0.5 * (edges[1:] + edges[:-1])
     z = (c[:, None] - t[None, :]) / h
-    dens = jnp.dot(jnp.exp(-0.5 * z * z), wn, precision=_HI) / (h * jnp.sqrt(2.0 * jnp.pi))
+    return jnp.dot(jnp.exp(-0.5 * z * z), wn, precision=_HI) / (h * jnp.sqrt(2.0 * jnp.pi))
+
+
+def kde_masses(
+    t: Float[Array, " cand"], w: Float[Array, " cand"], edges: Float[Array, " edges"]
+) -> tuple[Array, Array]:
+    """Weighted Gaussian KDE of ``t`` evaluated at the bin centres, as masses per bin
+    (`kde_bandwidth` gives the bandwidth). Returns ``(mass (bins,), ok)``."""
+    st = moments(jnp.zeros_like(w), t[:, None], (edges,), scaled=(jnp.zeros((), w.dtype), w))
+    h, ok = kde_bandwidth(st, 0)
+    W = jnp.sum(w)
+    dens = kde_density_sum(t, w / jnp.where(W > 0, W, 1.0), edges, h)
     return dens * jnp.diff(edges), ok

@@ -120,12 +120,7 @@ def summary_from_mass(mass, edges, find_multimodal=False):
                 return edges[k] + min(max(frac, 0.0), 1.0) * (edges[k + 1] - edges[k])
         return edges[-1]
 
-    if find_multimodal:
-        nmodes = sum(
-            1 for k in range(1, mass.size - 1) if mass[k] > mass[k - 1] and mass[k] > mass[k + 1]
-        )
-    else:
-        nmodes = 1
+    nmodes = count_modes(p / np.diff(edges)) if find_multimodal else 1
     return dict(
         mean=mean,
         std=std,
@@ -136,6 +131,28 @@ def summary_from_mass(mass, edges, find_multimodal=False):
         nmodes=nmodes,
         density=p / np.diff(edges),
     )
+
+
+def count_modes(density, floor=1e-3):
+    """Modes of a binned density as documented: walk the bins (0 outside both edges),
+    bins below floor x peak are empty, steps below floor x peak are flat; a mode is a
+    fall that follows a rise."""
+    d = np.asarray(density, float)
+    peak = d.max()
+    if not peak > 0:
+        return 0
+    d = np.where(d >= floor * peak, d, 0.0)
+    prev, modes, last = 0.0, 0, 0
+    for v in list(d) + [0.0]:
+        step = v - prev
+        prev = v
+        if abs(step) <= floor * peak:
+            continue
+        sign = 1 if step > 0 else -1
+        if sign == -1 and last == 1:
+            modes += 1
+        last = sign
+    return modes
 
 
 def batch_row_reference(
@@ -151,8 +168,12 @@ def batch_row_reference(
     edges=(),
     find_multimodal=False,
     kde=False,
+    n_keep=None,
 ):
-    """Float64 reference of one row of fit_batch given its candidates' log weights."""
+    """Float64 reference of one row of fit_batch given its candidates' log weights.
+    ``n_keep`` forces the kept count (to check a row whose cut lies within float32
+    rounding of keep_mass at the count the engine chose)."""
+    force = n_keep
     lw = np.asarray(lw, float)
     order = np.argsort(-lw, kind="stable")
     finite = np.isfinite(lw)
@@ -161,26 +182,23 @@ def batch_row_reference(
     w = np.exp(lw - lz)
     ws = w[order]
     cum = np.cumsum(ws)
+    # `cap` is the user's posterior_keep_max_candidates (None: no bound)
     truncate = not (keep_mass >= 0.9999 and cap is None)
-    cap_eff = cap if cap is not None else max(keep_min, 1024)
-    cap_eff = min(cap_eff, lw.size)
+    cap_eff = lw.size if cap is None else min(cap, lw.size)
     if truncate:
-        need = (
-            1 + int(np.sum(cum[:cap_eff] < keep_mass))
-            if cum[:cap_eff][-1] >= keep_mass
-            else cap_eff + 1
-        )
+        need = 1 + int(np.sum(cum < keep_mass))
         n_keep = min(max(need, keep_min), cap_eff)
         n_keep = max(1, min(n_keep, n_valid))
-        if ties:
-            thr = ws[n_keep - 1]
-            n_keep = max(n_keep, int(np.sum(ws[:cap_eff] >= thr)))
+        if ties and cap is None:  # as BESTA: a count bound switches ties off
+            n_keep = int(np.sum(lw[order] >= lw[order][n_keep - 1]))
+        if force is not None:
+            n_keep = force
         kept = order[:n_keep]
         mass_kept = ws[:n_keep].sum()
         cut = ws[n_keep - 1]
         stat_idx, stat_w = kept, w[kept] / mass_kept
     else:
-        n_keep = min(n_valid, cap_eff)
+        n_keep = n_valid
         kept = order[:n_keep]
         mass_kept, cut = 1.0, 0.0
         stat_idx, stat_w = np.arange(lw.size)[finite], w[finite]

@@ -173,8 +173,9 @@ class GridFitHDF5Writer:
     def write(self, rows: np.ndarray, res: dict[str, Any]) -> None:
         """Store results for catalog ``rows`` (sorted ints). ``res`` holds host arrays
         keyed like the per-chunk results of ``fit_batch(return_mode="chunks")``:
-        candidate lists come as ``candidate_idx``/``candidate_w`` (rows, cap), of
-        which the first ``n_after`` entries per row are kept."""
+        candidate lists come flat as ``candidate_idx``/``candidate_w`` with
+        ``candidate_offsets`` (rows + 1): row ``i``'s are ``[off[i]:off[i+1]]`` (or, without
+        offsets, padded (rows, width) arrays of which the first ``n_after`` count)."""
         g = self._g
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
@@ -184,9 +185,15 @@ class GridFitHDF5Writer:
             g[f"truncation/{f}"][sel] = res[f]
         cands = np.empty(rows.size, dtype=object)
         posts = np.empty(rows.size, dtype=object)
-        for i, k in enumerate(res["n_after"]):
-            cands[i] = np.asarray(res["candidate_idx"][i, :k], dtype=np.int64)
-            posts[i] = np.asarray(res["candidate_w"][i, :k], dtype=np.float64)
+        idx = np.asarray(res["candidate_idx"], dtype=np.int64)
+        w = np.asarray(res["candidate_w"], dtype=np.float64)
+        if "candidate_offsets" in res:
+            off = np.asarray(res["candidate_offsets"]).tolist()
+            for i in range(rows.size):
+                cands[i], posts[i] = idx[off[i] : off[i + 1]], w[off[i] : off[i + 1]]
+        else:  # padded (rows, width) lists, the first n_after of each row kept
+            for i, k in enumerate(np.asarray(res["n_after"]).tolist()):
+                cands[i], posts[i] = idx[i, :k], w[i, :k]
         # write_direct: h5py's __setitem__ mis-broadcasts equal-length vlen rows
         g["candidates/candidates"].write_direct(cands, dest_sel=np.s_[sel])
         g["candidates/post_models"].write_direct(posts, dest_sel=np.s_[sel])
