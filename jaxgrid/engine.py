@@ -63,6 +63,7 @@ __all__ = [
     "ChunkOutput",
     "chunk_step",
     "pool_log_weights",
+    "pool_trace_count",
     "trace_count",
 ]
 
@@ -87,9 +88,17 @@ BAD_STATUS = Status.NO_OBSERVABLES | Status.NO_CANDIDATES | Status.ZERO_WEIGHT
 _TRACES = 0
 
 
+_POOL_TRACES = 0
+
+
 def trace_count() -> int:
     """How many times `chunk_step` has been traced (compiled) in this process."""
     return _TRACES
+
+
+def pool_trace_count() -> int:
+    """How many times `pool_log_weights` has been traced in this process."""
+    return _POOL_TRACES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -743,6 +752,8 @@ def pool_log_weights(
     of the grid (or over each row's candidates): what the host needs to list the
     kept models of rows whose kept set is longer than ``list_k``. Same arithmetic
     as `chunk_step` (`_evaluate`)."""
+    global _POOL_TRACES
+    _POOL_TRACES += 1
 
     def row(x, sigma, upper, c, cmask):
         if c is None:

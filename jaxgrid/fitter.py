@@ -288,8 +288,9 @@ class GridFitter:
         * ``stats_for``: target names or indices to summarise; ``stats_bins``: one
           edge array per entry (None: 200 edges over each target's grid
           range). Mismatched bins raise ``ValueError``.
-        * ``find_multimodal``: count modes (strict interior local maxima of the
-          binned posterior); else ``nmodes = 1``.
+        * ``find_multimodal``: count modes (maxima of the binned density, edge
+          bins included, plateaus once, below 1e-3 of the peak ignored:
+          `jaxgrid.summaries.count_modes`); else ``nmodes = 1``.
         * ``use_kde_for_stats``: weighted Gaussian KDE (Scott bandwidth from the
           effective sample size) at the bin centres instead of the
           histogram; one effective sample falls back to the histogram
@@ -300,12 +301,13 @@ class GridFitter:
         * ``posterior_keep_mass, posterior_keep_min_candidates,
           posterior_keep_max_candidates, posterior_keep_ties``: truncation —
           keep the fewest highest-weight models whose mass reaches
-          ``keep_mass``, at least ``min``, at most ``max`` (the static cap;
-          default ``max(min, 1024)`` capped at the candidate count), ties
-          at the cut kept if asked; renormalised. Off when
-          ``keep_mass >= 0.9999`` and no max: stats then use every model,
-          and the candidate list holds the top ``cap`` models. When the
-          cap binds first, ``mass_kept`` says so (``Status.MASS_CAP``).
+          ``keep_mass``, at least ``min``, at most ``max`` (only when given:
+          the kept set has no implementation cap, from 1 model to the whole
+          grid), ties at the cut in index order or all kept if asked (not
+          with a ``max``, as BESTA); renormalised. Off when
+          ``keep_mass >= 0.9999`` and no max: stats and candidate lists then
+          cover every model. When your ``max`` binds first, ``mass_kept``
+          says so (``Status.MASS_CAP``).
         * ``return_mode``: ``"iter"`` (lazy per-object dicts), ``"list"``,
           ``"chunks"`` (lazy per-chunk dicts of arrays: the fast path),
           ``"table"`` (astropy Table, one row per object).

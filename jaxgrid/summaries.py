@@ -46,13 +46,20 @@ _HI = lax.Precision.HIGHEST
 
 
 def cumsum_last(x: Array) -> Array:
-    """Cumulative sum along the last axis, as two small triangular matmuls.
+    """Cumulative sum along the last axis: ``jnp.cumsum`` on GPUs/TPUs, and on the CPU
+    two small triangular matmuls.
 
     XLA's CPU backend lowers ``jnp.cumsum`` to a ``reduce_window`` that costs
-    O(n^2) per row; here the axis is cut into ~sqrt(n) blocks: within-block
+    O(n^2) per row; there the axis is cut into ~sqrt(n) blocks: within-block
     sums ``blocks @ triu`` and block offsets ``totals @ strict_triu``
     (O(n^1.5) flops in two GEMMs, exact summation order aside).
     """
+    return lax.platform_dependent(
+        x, cpu=_cumsum_by_matmul, default=lambda v: jnp.cumsum(v, axis=-1)
+    )
+
+
+def _cumsum_by_matmul(x: Array) -> Array:
     n = x.shape[-1]
     if n <= 1:
         return x
@@ -69,9 +76,19 @@ def argmax_last(x: Array) -> Array:
     """First index of the largest value along the last axis (``jnp.argmax`` for
     NaN-free input; an all-NaN row gives 0).
 
-    A max and a min-reduction of masked indices: XLA's CPU argmax (a variadic
-    reduce) is ~10x slower on long rows.
+    On the CPU a max and a min-reduction of masked indices: XLA's CPU argmax (a
+    variadic reduce) is ~10x slower on long rows. Elsewhere ``jnp.argmax``.
     """
+    return lax.platform_dependent(
+        x,
+        cpu=_argmax_by_min,
+        default=lambda v: jnp.argmax(jnp.where(jnp.isnan(v), -jnp.inf, v), axis=-1).astype(
+            jnp.int32
+        ),
+    )
+
+
+def _argmax_by_min(x: Array) -> Array:
     n = x.shape[-1]
     mx = jnp.max(x, axis=-1, keepdims=True)
     # indices as floats where exact (a float min-reduction is faster on the CPU)

@@ -76,9 +76,10 @@ def test_no_candidates_and_zero_weight(rng):
     assert res[1]["status"] == 0 and set(res[1]["candidates"]) <= set(range(60, 70))
     _assert_bad(res[2], Status.NO_CANDIDATES)
     # by default a row without candidates is fitted on the whole grid, and says so
-    # (the fallback keeps the candidate path's cap, here K = 10)
+    # (truncated like any full-grid row: no cap from the candidate path's K = 10)
     res = _fit(fitter, X, S, binner=Selector(grid, 10))
-    full = _fit(fitter, X, S, posterior_keep_max_candidates=10)
+    full = _fit(fitter, X, S)
+    assert res[2]["truncation"]["n_after"] > 10
     assert res[2]["status"] == Status.FULL_GRID_FALLBACK and res[2]["level"] is None
     np.testing.assert_array_equal(res[2]["candidates"], full[2]["candidates"])
     assert res[2]["stats"]["t0"] == full[2]["stats"]["t0"]

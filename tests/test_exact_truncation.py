@@ -258,3 +258,30 @@ def test_no_candidates_mode_needs_no_lists(rng):
         assert b["candidates"].size == 0 and a["candidates"].size == a["truncation"]["n_after"]
         assert a["truncation"] == b["truncation"]
         assert a["stats"]["a"] == b["stats"]["a"]
+
+
+def test_long_lists_compile_once(rng):
+    from jaxgrid.engine import pool_trace_count, trace_count
+
+    grid = _grid(rng, n=3000)
+    fitter = GridFitter(grid, use_standardised=False)
+    X, S = _rows(rng, m=60)
+    kw = dict(chunk_size=16, return_mode="chunks")
+    list(_fit(fitter, X[-5:], S[-5:], **kw))  # broad rows: compiles both (chunk shape fixed)
+    before = trace_count(), pool_trace_count()
+    chunks = list(_fit(fitter, X[::-1], S[::-1], **kw))  # 4 chunks, ragged tail
+    assert (trace_count(), pool_trace_count()) == before
+    n_after = np.concatenate([c["n_after"] for c in chunks])
+    assert n_after.max() > 1000  # long lists were completed on the host
+    off = np.concatenate([[0], np.cumsum(n_after)])
+    got = np.concatenate(
+        [
+            c["candidate_offsets"][1:] + o
+            for c, o in zip(
+                chunks,
+                np.cumsum([0] + [c["candidate_offsets"][-1] for c in chunks[:-1]]),
+                strict=True,
+            )
+        ]
+    )
+    np.testing.assert_array_equal(got, off[1:])
