@@ -1,10 +1,10 @@
 """Which XLA operations of the chunk step take the time (CPU): a jax.profiler trace.
 
-    python bench/trace_step.py [--rows 512] [--top 25]
+    python bench/trace_step.py [--workload photoz|dense] [--rows 512] [--top 25]
 
 Runs the photo-z step with BPZ-equivalent settings (the bundled DC2 sample,
-8 templates x 301 redshifts, profile amplitude, HDF-N prior, full PDFs) a few
-times under ``jax.profiler`` and prints each XLA thunk's time per chunk and
+8 templates x 301 redshifts, profile amplitude, HDF-N prior, full PDFs), or the
+dense workload of bench/vs_besta.py, a few times under ``jax.profiler`` and prints each XLA thunk's time per chunk and
 per (object, model) pair, with its shape and the source operation from the
 compiled HLO's ``op_name`` metadata. See docs/performance.md for what such
 traces found.
@@ -34,12 +34,8 @@ from jaxgrid.photometry import build_template_grid  # noqa: E402
 from jaxgrid.prob import BPZPrior, ScaledGaussianLikelihood  # noqa: E402
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=512, help="rows per chunk")
-    ap.add_argument("--top", type=int, default=25, help="operations to list")
-    args = ap.parse_args()
-    c = args.rows
+def photoz_plan(c):
+    """The photo-z step with BPZ-equivalent settings (full PDFs, no candidates)."""
     z = np.round(np.arange(0.0, 3.0 + 0.005, 0.01), 6)
     edges = np.round(np.arange(-0.005, 3.0051, 0.01), 6)
     names = data_path("photoz", "SED", "CWWSB4.list").read_text().split()
@@ -73,6 +69,48 @@ def main():
         memory_budget=None,
         return_candidates=False,
     )
+    return grid, fitter, plan
+
+
+def dense_plan(c):
+    """The dense workload of bench/vs_besta.py (20,000 models, keep 0.99, min 128)."""
+    from vs_besta import make_problem
+
+    from jaxgrid import ModelGrid
+
+    obs, tgt, X, S = make_problem(m=c)
+    grid = ModelGrid(obs, tgt, [f"b{i}" for i in range(5)], [f"t{i}" for i in range(3)])
+    fitter = GridFitter(grid, use_standardised=False)
+    plan = plan_batch(
+        fitter,
+        X,
+        S,
+        binner=None,
+        stats_for=["t0", "t1", "t2"],
+        stats_bins=[np.linspace(0, 1, 51)] * 3,
+        find_multimodal=False,
+        use_kde_for_stats=False,
+        return_pdf_for_stats=False,
+        keep_mass=0.99,
+        keep_min=128,
+        keep_max=None,
+        keep_ties=False,
+        chunk_size=c,
+        upper_limits=None,
+        model_block_size=None,
+        memory_budget=None,
+    )
+    return grid, fitter, plan
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=None, help="rows per chunk")
+    ap.add_argument("--top", type=int, default=25, help="operations to list")
+    ap.add_argument("--workload", choices=["photoz", "dense"], default="photoz")
+    args = ap.parse_args()
+    c = args.rows or (512 if args.workload == "photoz" else 64)
+    grid, fitter, plan = (photoz_plan if args.workload == "photoz" else dense_plan)(c)
     runner = _Runner(fitter, plan, None, 1)
     (chunk,), *_ = runner._prepare(np.arange(c))
     step_args = (plan.config, runner.datas[0], fitter._likelihood_in_space, fitter.prior)

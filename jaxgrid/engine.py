@@ -51,6 +51,7 @@ from .summaries import (
     kde_density_sum,
     merge_moments,
     moments,
+    top_k_two_level,
 )
 from .truncation import Limits, Selection, kept_mask, select_search, select_sorted
 
@@ -127,6 +128,9 @@ class StepConfig:
     hist_layouts: tuple[tuple, ...] = ()
     #: per summarised target: every model of a bin has the same value (`bin_constant_values`)
     hist_const: tuple[bool, ...] = ()
+    #: short candidate pools: no device sort; every row's kept set by bisection, and the
+    #: pool's log weights handed back (``pool_lw``) for the host to order (``list_k`` = 1)
+    host_order: bool = False
 
 
 class StepParams(eqx.Module):
@@ -176,6 +180,7 @@ class ChunkOutput(eqx.Module):
     nmodes: Array
     cov: Array
     pdf: tuple[Array, ...]
+    pool_lw: Array  #: (rows, cand) the pool's log weights (``host_order``), else (rows, 0)
 
 
 class _Totals(NamedTuple):
@@ -186,7 +191,7 @@ class _Totals(NamedTuple):
     S2: Array
     n_valid: Array
     chi2_min: Array
-    lo: Array  #: smallest finite log weight (bisection bracket)
+    lo: Array  #: smallest finite log weight (bisection bracket; blocked path only)
     top_vals: Array  #: (list_k,) descending log weights
     top_idx: Array  #: (list_k,) their grid indices
 
@@ -233,7 +238,7 @@ def _top(config: StepConfig, lw, n_valid):
         return jnp.take_along_axis(lw, pos, axis=1), pos.astype(jnp.int32)
 
     def top(_):
-        return lax.top_k(lw, config.list_k)
+        return top_k_two_level(lw, config.list_k)
 
     return lax.cond(jnp.all(n_valid >= 0), top, top, None)
 
@@ -371,6 +376,7 @@ def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, 
         nmodes=nmodes,
         cov=clean(cov),
         pdf=tuple(clean(h.density) for h in per_target),
+        pool_lw=jnp.zeros(0, dtype),
     )
 
 
@@ -416,14 +422,14 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
     finite = jnp.isfinite(lw)
     # a float count (exact below 2^24 models): XLA's CPU int reduce materialises a copy
     n_valid = jnp.sum(jnp.where(finite, 1.0, 0.0), axis=1).astype(jnp.int32)
-    lo = jnp.min(jnp.where(finite, lw, jnp.inf), axis=1)
     top_vals, top_pos = _top(config, lw, n_valid)
     top_idx = (
         top_pos
         if not cand
         else jnp.take_along_axis(jnp.where(chunk.cand_mask, chunk.cand, 0), top_pos, axis=1)
     )
-    tot = _Totals(m, W, S2, n_valid, jnp.min(chi2, axis=1), lo, top_vals, top_idx)
+    # (the bisection bracket's low end is found in the exact branch only: a full pass)
+    tot = _Totals(m, W, S2, n_valid, jnp.min(chi2, axis=1), m, top_vals, top_idx)
 
     # Whole grid: scatter-free histograms where the grid's order allows, and the
     # targets whose bins hold one value each (both planned on the host).
@@ -498,17 +504,24 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
                     jnp.sum(jnp.where(gt, w, 0.0), 1),
                 )
 
+            lo = jnp.min(jnp.where(finite, lw, jnp.inf), axis=1)
             hi = jnp.where(n_valid > 0, m, 0.0)
             sel = select_search(stats_at, jnp.where(n_valid > 0, lo, 0.0), hi, m, limits, n_valid)
             return whole(sel, jnp.where(kept_mask(lw, sel), w, 0.0))
 
-        kept = lax.cond(jnp.all(fits), lambda _: listed(fast), exact, None)
+        if config.host_order:
+            kept = exact(None)
+        else:
+            kept = lax.cond(jnp.all(fits), lambda _: listed(fast), exact, None)
 
-    return jax.vmap(
+    out = jax.vmap(
         lambda tot_r, kept_r, x, sigma, cm: _finish_row(
             config, params, tot_r, kept_r, x, sigma, cm, dtype
         )
     )(tot, kept, chunk.x, chunk.sigma, chunk.cand_mask)
+    if config.host_order:
+        out = dataclasses.replace(out, pool_lw=lw)
+    return out
 
 
 # ------------------------------------------------------- model blocks per row

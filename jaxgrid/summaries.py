@@ -37,6 +37,7 @@ __all__ = [
     "MODE_FLOOR",
     "cumsum_last",
     "argmax_last",
+    "top_k_two_level",
     "histogram_layout",
     "dense_histogram",
     "bin_constant_values",
@@ -96,6 +97,44 @@ def _argmax_by_min(x: Array) -> Array:
     iota = lax.broadcasted_iota(x.dtype if exact else jnp.int32, x.shape, x.ndim - 1)
     first = jnp.min(jnp.where(x == mx, iota, n), axis=-1).astype(jnp.int32)
     return jnp.where(first < n, first, 0)
+
+
+def top_k_two_level(x: Float[Array, "rows n"], k: int) -> tuple[Array, Array]:
+    """``lax.top_k(x, k)`` along the last axis of a NaN-free (rows, n) array — the same
+    values, ties in index order — through block maxima, ~10x less top-k work on long
+    rows (XLA's CPU top-k costs ~6 ns per element for k = 128).
+
+    The row is cut into ``n / b`` blocks of ``b ~ sqrt(n / k)``. The top ``k`` elements
+    lie in the ``k`` blocks with the largest maxima (each of those maxima is at least
+    the k-th largest element, and any block holding a top element has a maximum at
+    least as large), so a top-k of the block maxima, the chosen blocks gathered in
+    index order, and a top-k of those ``k * b`` elements give the exact answer.
+    Indices of ``-inf`` padding entries (rows with fewer than ``k`` finite values)
+    are clipped into range; their values stay ``-inf``.
+    """
+    n = x.shape[-1]
+    b0 = max(2, int(round((n / k) ** 0.5)))
+    # a block size dividing n avoids copying the row into a padded array
+    b = next(
+        (
+            c
+            for c in sorted(range(max(2, b0 // 2), 2 * b0 + 1), key=lambda c: abs(c - b0))
+            if n % c == 0
+        ),
+        b0,
+    )
+    nb = -(-n // b)
+    if k >= n or nb < 4 * k:
+        return lax.top_k(x, k)
+    rows = x.shape[0]
+    xp = x if nb * b == n else jnp.pad(x, ((0, 0), (0, nb * b - n)), constant_values=-jnp.inf)
+    blocks = xp.reshape(rows, nb, b)
+    _, bidx = lax.top_k(jnp.max(blocks, axis=2), k)
+    bidx = jnp.sort(bidx, axis=1)  # index order, so ties keep the global index order
+    cand = jnp.take_along_axis(blocks, bidx[:, :, None], axis=1).reshape(rows, k * b)
+    vals, pos = lax.top_k(cand, k)
+    gidx = (bidx[:, :, None] * b + jnp.arange(b, dtype=bidx.dtype)).reshape(rows, k * b)
+    return vals, jnp.minimum(jnp.take_along_axis(gidx, pos, axis=1), n - 1)
 
 
 def histogram_layout(bins: np.ndarray, k: int) -> tuple[tuple, np.ndarray | None]:
