@@ -1,13 +1,13 @@
 """Which XLA operations of the chunk step take the time (CPU): a jax.profiler trace.
 
-    python bench/trace_step.py [--workload photoz|dense] [--rows 512] [--top 25]
+    python bench/trace_step.py [--workload photoz|dense|b1] [--rows 512] [--top 25]
 
 Runs the photo-z step with BPZ-equivalent settings (the bundled DC2 sample,
 8 templates x 301 redshifts, profile amplitude, HDF-N prior, full PDFs), or the
-dense workload of bench/vs_besta.py, a few times under ``jax.profiler`` and prints each XLA thunk's time per chunk and
-per (object, model) pair, with its shape and the source operation from the
-compiled HLO's ``op_name`` metadata. See docs/performance.md for what such
-traces found.
+dense workload of bench/vs_besta.py, or B1, a few times under ``jax.profiler``
+and prints each XLA thunk's time per chunk and per (object, model) pair, with
+its shape and the source operation from the compiled HLO's ``op_name``
+metadata. See docs/performance.md for what such traces found.
 """
 
 import argparse
@@ -72,22 +72,32 @@ def photoz_plan(c):
     return grid, fitter, plan
 
 
-def dense_plan(c):
-    """The dense workload of bench/vs_besta.py (20,000 models, keep 0.99, min 128)."""
-    from vs_besta import make_problem
-
+def dense_plan(c, b1=False):
+    """The dense workload of bench/vs_besta.py (20,000 models, P = 5, 3 targets x 50
+    bins, keep 0.99, min 128), or B1 of bench/fit_batch.py (100,000 models, P = 6,
+    4 targets x 100 bins)."""
     from jaxgrid import ModelGrid
 
-    obs, tgt, X, S = make_problem(m=c)
-    grid = ModelGrid(obs, tgt, [f"b{i}" for i in range(5)], [f"t{i}" for i in range(3)])
+    if b1:
+        from fit_batch import make_problem as b1_problem
+
+        obs, tgt, X, S = b1_problem(100_000, 6, 4, c)
+        bins = [np.linspace(0, 1, 101)] * 4
+    else:
+        from vs_besta import make_problem
+
+        obs, tgt, X, S = make_problem(m=c)
+        bins = [np.linspace(0, 1, 51)] * 3
+    p, q = obs.shape[1], tgt.shape[1]
+    grid = ModelGrid(obs, tgt, [f"b{i}" for i in range(p)], [f"t{i}" for i in range(q)])
     fitter = GridFitter(grid, use_standardised=False)
     plan = plan_batch(
         fitter,
         X,
         S,
         binner=None,
-        stats_for=["t0", "t1", "t2"],
-        stats_bins=[np.linspace(0, 1, 51)] * 3,
+        stats_for=[f"t{i}" for i in range(q)],
+        stats_bins=bins,
         find_multimodal=False,
         use_kde_for_stats=False,
         return_pdf_for_stats=False,
@@ -107,10 +117,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=None, help="rows per chunk")
     ap.add_argument("--top", type=int, default=25, help="operations to list")
-    ap.add_argument("--workload", choices=["photoz", "dense"], default="photoz")
+    ap.add_argument("--workload", choices=["photoz", "dense", "b1"], default="photoz")
     args = ap.parse_args()
     c = args.rows or (512 if args.workload == "photoz" else 64)
-    grid, fitter, plan = (photoz_plan if args.workload == "photoz" else dense_plan)(c)
+    if args.workload == "photoz":
+        grid, fitter, plan = photoz_plan(c)
+    else:
+        grid, fitter, plan = dense_plan(c, b1=args.workload == "b1")
     runner = _Runner(fitter, plan, None, 1)
     (chunk,), *_ = runner._prepare(np.arange(c))
     step_args = (plan.config, runner.datas[0], fitter._likelihood_in_space, fitter.prior)

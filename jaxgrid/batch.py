@@ -30,6 +30,7 @@ from .engine import (
     StepConfig,
     StepParams,
     chunk_step,
+    model_bins,
     pool_log_weights,
 )
 from .fitter import GridData
@@ -330,15 +331,17 @@ def plan_batch(
         config = StepConfig(block_size=k_cand, n_blocks=1, list_k=1, host_order=True, **common)
     else:
         config = StepConfig(block_size=k_cand, n_blocks=1, list_k=list_k, **common)
+    padded = _padded_data(fitter.data, n_blocks, block)
     params = StepParams(
         keep_mass=jnp.asarray(keep_mass, dt),
         keep_min=jnp.asarray(int(keep_min), jnp.int32),
         keep_max=jnp.asarray(_NO_BOUND if keep_max is None else int(keep_max), jnp.int32),
         edges=edges_dev,
+        model_bins=_model_bins_jit(padded.targets, tuple(cols), edges_dev),
         hist_index=hist_index,
         bin_values=bin_values,
     )
-    data = fitter.data if k_cand is not None else _padded_data(fitter.data, n_blocks, block)
+    data = fitter.data if k_cand is not None else padded
     if k_cand is not None and not fallback_to_full_grid:
         full_config = None
     configuration = {
@@ -392,6 +395,9 @@ def plan_batch(
         return_pdf=bool(return_pdf_for_stats),
         configuration=configuration,
     )
+
+
+_model_bins_jit = jax.jit(model_bins, static_argnums=1)
 
 
 def _whole_grid_histograms(targets, cols, edges):

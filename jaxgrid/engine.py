@@ -63,6 +63,7 @@ __all__ = [
     "Chunk",
     "ChunkOutput",
     "chunk_step",
+    "model_bins",
     "pool_log_weights",
     "pool_trace_count",
     "trace_count",
@@ -140,6 +141,9 @@ class StepParams(eqx.Module):
     keep_min: Array
     keep_max: Array  #: the pool size when the user set no bound
     edges: tuple[Array, ...]
+    #: per summarised target, each model's `bin_index` (the padded grid's length; computed
+    #: once per plan with `model_bins`, not per chunk)
+    model_bins: tuple[Array, ...] = ()
     hist_index: tuple[Array | None, ...] = ()  #: the "gather" layouts' bin -> models tables
     bin_values: tuple[Array | None, ...] = ()  #: per target, its value in each bin (hist_const)
 
@@ -203,6 +207,11 @@ class _Kept(NamedTuple):
     stats: Moments
     kde: tuple[Array, ...] | None  #: per target, KDE masses per bin (None without KDE)
     kde_ok: Array
+
+
+def model_bins(targets: Array, stat_cols: tuple[int, ...], edges: tuple[Array, ...]):
+    """Each model's bin per summarised target (`StepParams.model_bins`)."""
+    return tuple(bin_index(targets[:, c], e) for c, e in zip(stat_cols, edges, strict=True))
 
 
 def _stat_columns(targets: Array, config: StepConfig) -> Array:
@@ -419,9 +428,9 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
     m = jnp.max(lw, axis=1)
     w = _scaled(lw, m)
     W, S2 = jnp.sum(w, axis=1), jnp.sum(w * w, axis=1)
-    finite = jnp.isfinite(lw)
-    # a float count (exact below 2^24 models): XLA's CPU int reduce materialises a copy
-    n_valid = jnp.sum(jnp.where(finite, 1.0, 0.0), axis=1).astype(jnp.int32)
+    # a float count (exact below 2^24 models): XLA's CPU int reduce materialises a copy;
+    # no named mask (a mask used twice is materialised as a whole (rows, n) array)
+    n_valid = jnp.sum(jnp.where(lw > -jnp.inf, 1.0, 0.0), axis=1).astype(jnp.int32)
     top_vals, top_pos = _top(config, lw, n_valid)
     top_idx = (
         top_pos
@@ -504,7 +513,7 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
                     jnp.sum(jnp.where(gt, w, 0.0), 1),
                 )
 
-            lo = jnp.min(jnp.where(finite, lw, jnp.inf), axis=1)
+            lo = jnp.min(jnp.where(jnp.isfinite(lw), lw, jnp.inf), axis=1)
             hi = jnp.where(n_valid > 0, m, 0.0)
             sel = select_search(stats_at, jnp.where(n_valid > 0, lo, 0.0), hi, m, limits, n_valid)
             return whole(sel, jnp.where(kept_mask(lw, sel), w, 0.0))
@@ -747,11 +756,7 @@ def chunk_step(
     global _TRACES
     _TRACES += 1  # runs at trace time only: counts compilations
 
-    # Each model's bin per summarised target: row-independent, computed once per chunk.
-    model_bins = tuple(
-        bin_index(data.targets[:, c], e)
-        for c, e in zip(config.stat_cols, params.edges, strict=True)
-    )
+    model_bins = params.model_bins
     if config.n_blocks == 1 or chunk.cand is not None:
         return _single_block(config, data, likelihood, prior, params, chunk, model_bins)
     return _blocked(config, data, likelihood, prior, params, chunk, model_bins)

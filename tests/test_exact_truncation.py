@@ -285,3 +285,19 @@ def test_long_lists_compile_once(rng):
         ]
     )
     np.testing.assert_array_equal(got, off[1:])
+
+
+def test_kde_over_broad_kept_sets_whole_and_blocked(x64, rng):
+    grid = _grid(rng, n=2000)
+    fitter = GridFitter(grid, use_standardised=False)
+    X = _rows(rng, m=6)[0]
+    S = np.geomspace(0.05, 0.8, 6)[:, None] * np.ones((1, 2))
+    for kw in ({}, {"model_block_size": 700, "chunk_size": 8}):
+        res = _fit(fitter, X, S, use_kde_for_stats=True, **kw)
+        for r, x, s in zip(res, X, S, strict=True):
+            lw = row_log_weights(grid, x, s)
+            want = _reference(lw, grid.targets, keep_mass=0.99, keep_min=128, cap=None, kde=True)
+            assert r["truncation"]["n_after"] == want["n_after"] > 128
+            for j, name in enumerate(["a", "b"]):
+                for k in ("mean", "std", "median"):
+                    assert r["stats"][name][k] == pytest.approx(want["stats"][j][k], abs=1e-7)
