@@ -17,6 +17,7 @@ from jax import lax
 from jaxgrid import GridFitter, ModelGrid
 from jaxgrid.batch import _Runner, plan_batch
 from jaxgrid.engine import _evaluate, chunk_step
+from jaxgrid.summaries import top_k_two_level
 
 
 def timed(fn, reps=5):
@@ -55,7 +56,7 @@ def main(n=100_000, p=6, c=64):
         memory_budget=None,
     )
     runner = _Runner(fitter, plan, None, 1)
-    (chunk,), _, _ = runner._prepare(np.arange(c))
+    (chunk,), *_ = runner._prepare(np.arange(c))
     data, lik, prior = runner.datas[0], fitter._likelihood_in_space, fitter.prior
 
     def evaluate(x, s):
@@ -92,8 +93,8 @@ def main(n=100_000, p=6, c=64):
         w = jnp.exp(lw - m[:, None])
         top = lax.cond(
             m[0] > -1e30,
-            lambda _: tuple(lax.top_k(lw, 128)),
-            lambda _: tuple(lax.top_k(lw, 128)),
+            lambda _: tuple(top_k_two_level(lw, 128)),
+            lambda _: tuple(top_k_two_level(lw, 128)),
             None,
         )
         return m, w.sum(1), (w * w).sum(1), chi2.min(1), top
@@ -102,7 +103,7 @@ def main(n=100_000, p=6, c=64):
     rows = [
         ("log weights + chi2 (likelihood, prior)", timed(lambda: stage1(chunk.x, chunk.sigma))),
         ("+ row reductions (logsumexp, ESS)", timed(lambda: stage2(chunk.x, chunk.sigma))),
-        ("+ top-128 (XLA CPU TopK)", timed(lambda: stage3(chunk.x, chunk.sigma))),
+        ("+ top-128 (two-level, XLA CPU TopK)", timed(lambda: stage3(chunk.x, chunk.sigma))),
         (
             "whole chunk step (truncation, 4 x 100-bin stats)",
             timed(lambda: chunk_step(plan.config, data, lik, prior, plan.params, chunk)),
