@@ -299,7 +299,8 @@ def plan_batch(
         if block < 1:
             raise ValueError(f"`model_block_size` must be >= 1, got {block}.")
         block = max(block, list_length(n_models))
-    block = min(block, n_models)
+    # per-block counts are float sums: exact below 2^24 models
+    block = min(block, n_models, 2**24)
     n_blocks = -(-n_models // block)
     common = dict(
         n_models=n_models,
@@ -333,7 +334,8 @@ def plan_batch(
         config = StepConfig(block_size=k_cand, n_blocks=1, list_k=list_k, **common)
     padded = _padded_data(fitter.data, n_blocks, block)
     params = StepParams(
-        keep_mass=jnp.asarray(keep_mass, dt),
+        # keep_mass 1 (with a max): all the mass, not "whenever rounding reaches 1"
+        keep_mass=jnp.asarray(np.inf if float(keep_mass) >= 1.0 else keep_mass, dt),
         keep_min=jnp.asarray(int(keep_min), jnp.int32),
         keep_max=jnp.asarray(_NO_BOUND if keep_max is None else int(keep_max), jnp.int32),
         edges=edges_dev,
@@ -630,14 +632,17 @@ class _Runner:
         idx = np.empty(offsets[-1], np.int64)
         w = np.empty(offsets[-1], np.float64)
         if plan.config.host_order:  # the pool's log weights came back: order them here
-            pooled = over.copy()
+            pooled = lengths > 0  # every row of the pools, ordered in float64 alike
             if fb_rows is not None:
                 pooled[fb_rows] = False
             self._order_pools(
                 host.pool_lw[:n], host_arrays[0]["cand"][:n], pooled, lengths, offsets, idx, w
             )
             over &= ~pooled
-        short = np.arange(width)[None, :] < np.where(over, 0, lengths)[:, None]
+        listed = ~over
+        if plan.config.host_order:
+            listed &= ~pooled  # already written from the pools
+        short = np.arange(width)[None, :] < np.where(listed, lengths, 0)[:, None]
         r, c = np.nonzero(short)
         dest = offsets[r] + c
         idx[dest] = host.cand_idx[:n][r, c]

@@ -640,14 +640,18 @@ def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> Chun
         kde, ok = _kde(config, params, t, wk, stats)
         return _Kept(sel, stats, kde, ok)
 
-    def masked_row(ranked: bool):
-        """Summaries of a row's kept models by one pass over the blocks (and a KDE pass)."""
+    def masked_row(ranked: bool, every_valid: bool = False):
+        """Summaries of a row's kept models by one pass over the blocks (and a KDE pass);
+        ``every_valid``: untruncated, every finite model is kept (no threshold compare,
+        which a recomputed log weight could miss by an ulp)."""
 
         def run(x, sigma, upper, tot_r: _Totals, sel: Selection):
             def kept_w(blk, seen):
                 lw, _ = lw_of(x, sigma, upper, blk)
                 above, at = lw > sel.t, (lw == sel.t) & jnp.isfinite(lw)
-                if ranked:
+                if every_valid:
+                    keep = jnp.isfinite(lw)
+                elif ranked:
                     rank = seen + cumsum_last(jnp.where(at, 1.0, 0.0)).astype(jnp.int32)
                     keep = above | (at & (rank <= sel.r))
                     seen = seen + jnp.sum(at.astype(jnp.int32))
@@ -692,7 +696,7 @@ def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> Chun
     if not config.truncate:
         sel = _all_valid(tot)
         if config.use_kde:
-            kept = jax.vmap(masked_row(False))(*rows, tot, sel)
+            kept = jax.vmap(masked_row(False, every_valid=True))(*rows, tot, sel)
         else:
             kept = _Kept(sel, untrunc, None, jnp.ones(chunk.x.shape[0], bool))
     else:

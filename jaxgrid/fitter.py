@@ -289,8 +289,8 @@ class GridFitter:
           edge array per entry (None: 200 edges over each target's grid
           range). Mismatched bins raise ``ValueError``.
         * ``find_multimodal``: count modes (maxima of the binned density, edge
-          bins included, plateaus once, below 1e-3 of the peak ignored:
-          `jaxgrid.summaries.count_modes`); else ``nmodes = 1``.
+          bins included, plateaus once, rises and falls under 1e-3 of the peak
+          ignored: `jaxgrid.summaries.count_modes`); else ``nmodes = 1``.
         * ``use_kde_for_stats``: weighted Gaussian KDE (Scott bandwidth from the
           effective sample size) at the bin centres instead of the
           histogram; one effective sample falls back to the histogram

@@ -346,31 +346,40 @@ def _quantile(cdf: Array, edges: Array, q: float) -> Array:
 
 
 #: Bins whose density is below this fraction of the peak density count as empty, and a
-#: change between neighbouring bins smaller than it counts as flat, when counting modes.
+#: mode must rise and fall by more than it (of the peak) to count, when counting modes.
 MODE_FLOOR = 1e-3
 
 
 def count_modes(density: Float[Array, " bins"], floor: float = MODE_FLOOR) -> Array:
-    """Number of modes of a binned density: maximal runs of bins (plateaus included)
-    higher than the bins on both sides, edge bins included (outside the edges the
-    density is 0). Bins below ``floor`` x the peak count as empty and steps smaller
-    than ``floor`` x the peak as flat, so float32 residues and rounding never make a
-    mode. 0 when the density is empty or not finite.
+    """Number of modes of a binned density: maxima that stand out, edge bins included.
 
-    Counted as the falls (``-1``) of the sign sequence of the steps ``d[k+1] - d[k]``
-    (zero-padded ends, flat steps dropped) that follow a rise (``+1``).
+    Walking the bins (with the density 0 outside both edges), a mode is counted when,
+    after a rise, the density falls more than ``floor`` x the peak below the highest
+    value since the last minimum; a new rise starts when it climbs more than that
+    above the lowest value since. Bins below ``floor`` x the peak count as empty.
+    So a plateau counts once, a shoulder not at all, float32 residues and ripples
+    never make a mode, and the answer does not depend on how finely a smooth
+    density is binned (the total rise and fall count, not each step). 0 when the
+    density is empty or not finite.
     """
     peak = jnp.max(jnp.where(jnp.isfinite(density), density, 0.0))
-    d = jnp.where(density >= floor * peak, density, 0.0)
-    e = jnp.concatenate([jnp.zeros(1, d.dtype), d, jnp.zeros(1, d.dtype)])
-    step = jnp.diff(e)
-    sign = jnp.where(step > floor * peak, 1, jnp.where(step < -floor * peak, -1, 0))
-    j = jnp.arange(sign.shape[0])
-    # index of the last non-flat step before each step (-1 if none): a log-depth scan
-    last = lax.associative_scan(jnp.maximum, jnp.where(sign != 0, j, -1))
-    prev = jnp.concatenate([jnp.full(1, -1, last.dtype), last[:-1]])
-    prev_sign = jnp.where(prev >= 0, sign[jnp.maximum(prev, 0)], 0)
-    n = jnp.sum((sign == -1) & (prev_sign == 1)).astype(jnp.int32)
+    tol = floor * peak
+    d = jnp.where(density >= tol, density, 0.0)
+    d = jnp.concatenate([d, jnp.zeros(1, d.dtype)])  # the fall after the last bin
+
+    def step(state, v):
+        rising, ext, n = state
+        # rising: ext is the highest value since the last minimum; else the lowest
+        fell = rising & (ext - v > tol)
+        rose = ~rising & (v - ext > tol)
+        n = n + fell.astype(jnp.int32)
+        new_ext = jnp.where(
+            fell | rose, v, jnp.where(rising, jnp.maximum(ext, v), jnp.minimum(ext, v))
+        )
+        return (jnp.where(fell, False, jnp.where(rose, True, rising)), new_ext, n), None
+
+    init = (jnp.array(True), jnp.zeros((), d.dtype), jnp.int32(0))
+    (_, _, n), _ = lax.scan(step, init, d)
     return jnp.where(peak > 0, n, 0)
 
 

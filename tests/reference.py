@@ -134,24 +134,27 @@ def summary_from_mass(mass, edges, find_multimodal=False):
 
 
 def count_modes(density, floor=1e-3):
-    """Modes of a binned density as documented: walk the bins (0 outside both edges),
-    bins below floor x peak are empty, steps below floor x peak are flat; a mode is a
-    fall that follows a rise."""
+    """Modes of a binned density as documented: bins below floor x peak are empty;
+    walking the bins (0 after the last), a mode is a fall of more than floor x peak
+    below the highest value since the last minimum, after which a rise of more than
+    that above the lowest value since starts the next one."""
     d = np.asarray(density, float)
     peak = d.max()
     if not peak > 0:
         return 0
-    d = np.where(d >= floor * peak, d, 0.0)
-    prev, modes, last = 0.0, 0, 0
+    tol = floor * peak
+    d = np.where(d >= tol, d, 0.0)
+    rising, ext, modes = True, 0.0, 0
     for v in list(d) + [0.0]:
-        step = v - prev
-        prev = v
-        if abs(step) <= floor * peak:
-            continue
-        sign = 1 if step > 0 else -1
-        if sign == -1 and last == 1:
-            modes += 1
-        last = sign
+        if rising:
+            if ext - v > tol:
+                modes, rising, ext = modes + 1, False, v
+            else:
+                ext = max(ext, v)
+        elif v - ext > tol:
+            rising, ext = True, v
+        else:
+            ext = min(ext, v)
     return modes
 
 
@@ -186,7 +189,7 @@ def batch_row_reference(
     truncate = not (keep_mass >= 0.9999 and cap is None)
     cap_eff = lw.size if cap is None else min(cap, lw.size)
     if truncate:
-        need = 1 + int(np.sum(cum < keep_mass))
+        need = lw.size if keep_mass >= 1.0 else 1 + int(np.sum(cum < keep_mass))
         n_keep = min(max(need, keep_min), cap_eff)
         n_keep = max(1, min(n_keep, n_valid))
         if ties and cap is None:  # as BESTA: a count bound switches ties off

@@ -301,3 +301,57 @@ def test_kde_over_broad_kept_sets_whole_and_blocked(x64, rng):
             for j, name in enumerate(["a", "b"]):
                 for k in ("mean", "std", "median"):
                     assert r["stats"][name][k] == pytest.approx(want["stats"][j][k], abs=1e-7)
+
+
+def test_fallback_row_next_to_host_ordered_pools(rng):
+    # a short candidate pool (ordered on the host) and, in the same chunk, a row the
+    # binner cannot serve (the full grid, listed by the device): both lists intact
+    grid = _grid(rng, n=2000)
+
+    class WithFallback(BruteForceKNN):
+        def batch_candidates(self, Y, SIG):
+            idx, mask, level = super().batch_candidates(Y, SIG)
+            mask = mask.copy()
+            mask[0] = False
+            return idx, mask, level
+
+    fitter = GridFitter(grid, use_standardised=False)
+    X, S = np.array([[0.5, 0.5], [0.3, 0.3]]), np.full((2, 2), 0.05)
+    got = _fit(fitter, X, S, binner=WithFallback(grid, 300))
+    alone = _fit(fitter, X[1:], S[1:], binner=BruteForceKNN(grid, 300))[0]
+    full = _fit(fitter, X[:1], S[:1])[0]
+    assert got[0]["status"] == Status.FULL_GRID_FALLBACK
+    for r, want in ((got[0], full), (got[1], alone)):
+        np.testing.assert_array_equal(r["candidates"], want["candidates"])
+        np.testing.assert_allclose(r["post_models"], want["post_models"], rtol=1e-6)
+        assert np.sum(r["post_models"]) == pytest.approx(1.0)
+
+
+def test_untruncated_blocks_keep_every_valid_model(x64, rng):
+    # the found-by-review case: blocks, no truncation, KDE, upper limits given
+    t = rng.uniform(0, 1, (2400, 2))
+    w = rng.uniform(0.5, 2.0, 2400)
+    w[rng.uniform(size=2400) < 0.4] = 0.0
+    obs = np.column_stack([t[:, 0], t[:, 1], t[:, 0] + t[:, 1]])
+    grid = ModelGrid(obs, t, ["o0", "o1", "o2"], ["a", "b"], weights=w)
+    fitter = GridFitter(grid, use_standardised=False)
+    X = np.column_stack([rng.uniform(0.2, 0.8, 6), rng.uniform(0.2, 0.8, 6), np.full(6, 1.0)])
+    S = np.column_stack([np.geomspace(0.05, 0.5, 6)] * 2 + [np.full(6, np.nan)])
+    for block in (None, 700):
+        res = _fit(
+            fitter,
+            X,
+            S,
+            posterior_keep_mass=0.9999,
+            use_kde_for_stats=True,
+            model_block_size=block,
+            upper_limits=np.zeros(X.shape, bool),
+            chunk_size=4,
+        )
+        for r, x, s in zip(res, X, S, strict=True):
+            lw = row_log_weights(grid, x, s)
+            want = _reference(lw, grid.targets, keep_mass=0.9999, keep_min=128, cap=None, kde=True)
+            assert r["truncation"]["n_after"] == want["n_after"]
+            for j, name in enumerate(["a", "b"]):
+                for k in ("mean", "std"):
+                    assert r["stats"][name][k] == pytest.approx(want["stats"][j][k], abs=1e-12)

@@ -85,3 +85,12 @@ def test_against_besta_rule(density, ours, besta, why):
     assert _modes(density) == ours, why
     assert besta_modes(density) == besta, why
     assert MODE_FLOOR == 1e-3  # the documented floor
+
+
+@pytest.mark.parametrize("nbins", [30, 300, 3000, 10000])
+def test_mode_count_does_not_depend_on_binning(nbins):
+    # a smooth bimodal density: tiny steps between fine bins must still add up
+    c = np.linspace(0, 1, nbins)
+    d = np.exp(-0.5 * ((c - 0.25) / 0.08) ** 2) + np.exp(-0.5 * ((c - 0.75) / 0.08) ** 2)
+    assert _modes(d) == 2
+    assert _modes(np.exp(-0.5 * ((c - 0.5) / 0.2) ** 2)) == 1
