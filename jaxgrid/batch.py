@@ -34,7 +34,7 @@ from .engine import (
     pool_log_weights,
 )
 from .fitter import GridData
-from .io.results import STAT_FIELDS, GridFitHDF5Writer
+from .io.results import STAT_FIELDS, GridFitHDF5Writer, check_output
 from .summaries import bin_constant_values, bin_index, histogram_layout
 
 __all__ = ["fit_batch", "RETURN_MODES", "RESERVED_KEYS", "BatchPlan"]
@@ -379,6 +379,9 @@ def plan_batch(
         "list_k": list_k,
         "fallback_to_full_grid": bool(fallback_to_full_grid),
         "return_candidates": bool(return_candidates),
+        # chunk composition and device split can change float rounding: part of resume
+        "chunk_size": int(chunk_size),
+        "devices": f"{n_dev} x {jax.default_backend()}",
         "version": __import__("jaxgrid").__version__,
     }
     return BatchPlan(
@@ -875,19 +878,8 @@ def fit_batch(
     )
     if ids is not None and len(ids) != plan.X.shape[0]:
         raise ValueError(f"`ids` has {len(ids)} entries for {plan.X.shape[0]} rows.")
-    if output_hdf5_path is not None and not resume and not output_hdf5_overwrite:
-        import h5py
-
-        try:
-            with h5py.File(output_hdf5_path, "r") as f:
-                exists = output_hdf5_group in f
-        except (FileNotFoundError, OSError):
-            exists = False
-        if exists:
-            raise ValueError(
-                f"{output_hdf5_path} already has group {output_hdf5_group!r}; pass "
-                "output_hdf5_overwrite=True, resume=True, or another output_hdf5_group."
-            )
+    if output_hdf5_path is not None:
+        check_output(output_hdf5_path, output_hdf5_group, output_hdf5_overwrite, resume)
     if dry_run:
         logger.info(
             "fit_batch dry run: %d rows, chunk %d, config %s",
@@ -920,14 +912,14 @@ def fit_batch(
                     flush_every=output_hdf5_flush_every,
                 )
                 if resume:
-                    todo = np.flatnonzero(writer.status() != 1)
+                    todo = chunks_to_redo(writer.written(), plan.chunk_size)
                     logger.info("fit_batch resume: %d of %d rows left.", todo.size, m)
             bar = _progress_bar(todo.size, show and callback is None)
             done = 0
             t0 = time.perf_counter()
             for res in _Runner(fitter, plan, binner, n_jobs).run(todo):
                 if writer is not None:
-                    writer.write(res["m"], res)  # flushes every output_hdf5_flush_every rows
+                    writer.write(res["m"], res)  # one journal record per chunk
                 done += res["m"].size
                 if bar is not None:
                     bar.update(res["m"].size)
@@ -943,9 +935,12 @@ def fit_batch(
                 dt,
                 done / dt if dt > 0 else float("nan"),
             )
-        finally:
+        except BaseException:
             if writer is not None:
-                writer.close()
+                writer.close(raise_errors=False)  # assemble what is committed; keep the error
+            raise
+        if writer is not None:
+            writer.close()
 
     if output_hdf5_write_only:
         for _ in chunks():
@@ -957,7 +952,55 @@ def fit_batch(
         units = fitter.grid.meta.get("units") if isinstance(fitter.grid.meta, dict) else None
         return _table(list(chunks()), plan, ids, units if isinstance(units, dict) else None)
     objects = (d for res in chunks() for d in _object_dicts(res, plan))
-    return list(objects) if return_mode == "list" else objects
+    if return_mode == "list":
+        return list(objects)
+    if output_hdf5_path is not None:
+        return _Unconsumed(objects, output_hdf5_path)
+    return objects
+
+
+class _Unconsumed:
+    """The ``"iter"`` iterator of a run with an output file: the run (and the file)
+    advance only as it is consumed, so dropping it unstarted warns."""
+
+    def __init__(self, it: Iterator[dict[str, Any]], path):
+        self._it, self._path, self._started = it, path, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        self._started = True
+        return next(self._it)
+
+    def close(self) -> None:
+        self._started = True
+        self._it.close()
+
+    def __del__(self):
+        if not self._started:
+            logger.warning(
+                "fit_batch: the return_mode='iter' iterator for %s was never consumed, so "
+                "nothing was fitted or written; iterate it, or pass "
+                "output_hdf5_write_only=True or return_mode='list'.",
+                self._path,
+            )
+
+
+def chunks_to_redo(written: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Rows of every chunk (``[k c, (k+1) c)``) with a row not yet written: a resumed
+    run computes each row in the same chunk as an uninterrupted one (chunk
+    composition can change float rounding), so the files are identical."""
+    m = written.size
+    open_chunks = (
+        np.flatnonzero(np.add.reduceat(written == 0, np.arange(0, m, chunk_size)) > 0)
+        if m
+        else np.zeros(0, np.int64)
+    )
+    if open_chunks.size == 0:
+        return np.zeros(0, np.int64)
+    rows = (open_chunks[:, None] * chunk_size + np.arange(chunk_size)[None, :]).ravel()
+    return rows[rows < m]
 
 
 def _public_chunks(it, plan) -> Iterator[dict[str, Any]]:

@@ -306,8 +306,9 @@ def cmd_info(args) -> int:
             grids = [g for g in groups if "observable_names" in f[g].attrs]
             for g in results:
                 cfg = json.loads(f[g].attrs["configuration"])
-                st = f[g]["index/status"][...]
-                flags = f[g]["index/flags"][...]
+                from .io.results import read_index
+
+                st, flags = read_index(f[g])
                 print(
                     f"result group /{g}: {st.size:,} rows, {int(np.sum(st != 0)):,} written "
                     f"({int(np.sum(st == 1)):,} ok, {int(np.sum(st == -1)):,} flagged, "

@@ -311,14 +311,19 @@ class GridFitter:
         * ``return_mode``: ``"iter"`` (lazy per-object dicts), ``"list"``,
           ``"chunks"`` (lazy per-chunk dicts of arrays: the fast path),
           ``"table"`` (astropy Table, one row per object).
-        * ``output_hdf5_*``: stream results into an HDF5 group (layout in
-          ``jaxgrid.io.results``); ``write_only`` runs at once, returns
-          nothing to iterate.
+        * ``output_hdf5_*``: write results into an HDF5 group (layout in
+          ``jaxgrid.io.results``), crash-safely: chunks are committed to a
+          journal beside the file, the group is assembled atomically when the
+          run ends (``flush_every``: rows between journal fsyncs);
+          ``write_only`` runs at once, returns nothing to iterate. With
+          ``return_mode="iter"`` the file advances only as the iterator is
+          consumed.
         * ``dry_run``: validate everything, compute nothing, create no file.
         * ``chunk_size``: rows per step (default from the memory budget and N;
           rounded up to a multiple of the device count).
-        * ``resume``: continue an existing output group written with the same
-          configuration, computing only rows whose status is not 1.
+        * ``resume``: continue an unfinished journal or an existing group
+          written with the same configuration (chunk size included),
+          recomputing every chunk with a row not yet written.
         * ``upper_limits``: (M, P) bool, values that are limits.
         * ``ids``: optional (M,) object ids for the table.
         * ``return_candidates``: False drops the per-object candidate lists;

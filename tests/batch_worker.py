@@ -2,8 +2,14 @@
 
 usage: python batch_worker.py write OUT.h5 [resume] [sleep]
        python batch_worker.py dump OUT.npz
+
+``JAXGRID_TEST_CRASH`` makes a writing worker kill itself with SIGKILL at a chosen
+instant: ``record:N`` halfway through writing the N-th journal record (a torn
+tail), ``assemble`` in the middle of assembling the HDF5 file.
 """
 
+import os
+import signal
 import sys
 import time
 
@@ -39,8 +45,43 @@ KW = dict(
 )
 
 
+def install_crash(spec: str) -> None:
+    from jaxgrid.io import results
+
+    def die():
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if spec.startswith("record:"):
+        target, calls = int(spec.split(":")[1]), [0]
+        append = results._Journal.append
+
+        def torn_append(self, payload, sync):
+            calls[0] += 1
+            if calls[0] == target:
+                data = self._frame(results._CHUNK, payload)
+                os.write(self._fd, data[: len(data) // 2])
+                die()
+            append(self, payload, sync)
+
+        results._Journal.append = torn_append
+    elif spec == "assemble":
+        replay, calls = results.GridFitHDF5Writer._replay, [0]
+
+        def dying_replay(self, g, rec):
+            calls[0] += 1
+            if calls[0] == 3:
+                g.file.flush()
+                die()
+            replay(self, g, rec)
+
+        results.GridFitHDF5Writer._replay = dying_replay
+
+
 def main():
     mode, path = sys.argv[1], sys.argv[2]
+    if os.environ.get("JAXGRID_TEST_CRASH"):
+        install_crash(os.environ["JAXGRID_TEST_CRASH"])
     fitter, X, S = problem()
     if mode == "write":
         resume = "resume" in sys.argv[3:]

@@ -62,7 +62,7 @@ def test_synthetic_demo_runs_and_reports(tmp_path):
     out = tmp_path / "jaxgrid-demo" / "fit.h5"
     assert str(out) in proc.stdout
     with h5py.File(out) as f:
-        assert (f["fit_batch/index/status"][...] == 1).all()
+        assert (f["fit_batch/index/written"][...] == 1).all()
         assert f["fit_batch/stats/logM/posts_target"].shape == (400, 100)
     # the fit is good: medians near the truth
     truth = Table.read(tmp_path / "jaxgrid-demo" / "catalog.fits")["true_logM"]
@@ -235,5 +235,5 @@ def test_photoz_demo_from_python_matches_its_output_file(tmp_path):
     m = photoz_metrics(z_true, res["stats/z/map"])
     for key in ("bias", "nmad", "outlier_fraction"):
         assert summary[key] == pytest.approx(m[key], rel=1e-6)
-    assert summary["n_objects"] == 10_225 and (res["index/status"] == 1).all()
+    assert summary["n_objects"] == 10_225 and (res["index/written"] == 1).all()
     assert summary["nmad"] < 0.0559 and summary["outlier_fraction"] < 0.087  # BPZ's values

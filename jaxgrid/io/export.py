@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from .results import STAT_FIELDS
+from .results import STAT_FIELDS, read_index
 
 __all__ = ["results_to_table", "write_results", "to_qp"]
 
@@ -57,10 +57,11 @@ def _from_hdf5(path, group: str) -> tuple[dict[str, np.ndarray], list[str]]:
         if group not in f:
             raise KeyError(f"results_to_table: {path} has no group {group!r}.")
         g = f[group]
-        written = g["index/status"][...] != 0
+        written, status = read_index(g)
+        written = written != 0
         names = [k.decode() for k in g["stats/cov/keys"][...]] if "stats/cov/keys" in g else []
         out = {"m": g["index/m"][...][written]}
-        out["status"] = g["index/flags"][...][written]
+        out["status"] = status[written]
         for f_ in ("log_evidence", "chi2_min", "best"):
             out[f_] = g[f_][...][written]
         out["n_after"] = g["truncation/n_after"][...][written]
@@ -167,7 +168,7 @@ def to_qp(
                 )
             edges = g[f"{base}/bins"][...]
             pdfs = g[f"{base}/posts_target"][...]
-            m, status = g["index/m"][...], g["index/flags"][...]
+            m, status = g["index/m"][...], read_index(g)[1]
             point = {k: g[f"{base}/{k}"][...] for k in ("map", "mean", "median")}
     else:
         chunks = list(source)

@@ -1,11 +1,12 @@
-"""Streaming HDF5 output of batch fits: `GridFitHDF5Writer` and `read_fit_results`.
+"""Crash-safe HDF5 output of batch fits: `GridFitHDF5Writer` and `read_fit_results`.
 
-Layout under the group (M = catalog rows, D = summarised targets)::
+Layout of a result group (M = catalog rows, D = summarised targets)::
 
     configuration                      attribute: JSON of the run's settings
+    format                             attribute: "jaxgrid.fit_results/2"
     index/m (M,)                       object index
-    index/status (M,) int8             0 not written, 1 ok, -1 failed/flagged
-    index/flags (M,) int32             engine Status bit flags (see jaxgrid.engine.Status)
+    index/written (M,) int8            0 not written, 1 ok, -1 flagged (no summaries)
+    index/status (M,) int32            engine Status bit flags (see jaxgrid.engine.Status)
     truncation/{level, n_before, n_after, mass_kept, mass_dropped, cut_weight,
                 ess_before, ess_after} (M,)
     candidates/candidates, candidates/post_models   variable length per row
@@ -13,23 +14,67 @@ Layout under the group (M = catalog rows, D = summarised targets)::
     stats/cov/{keys (D,), cov (M, D, D)}
     log_evidence, chi2_min, best (M,)
 
-Every dataset is created at full size when the file is opened, so a chunk's
-write never reshapes the file; ``index/status`` is set to 1/-1 only after the
-chunk's data, and flushed with it: after an interruption, rows whose status is
-not 1 are exactly those to recompute (``resume=True``).
+Files written before format 2 called the written column ``index/status`` and the
+flags ``index/flags``; `read_fit_results` and `read_index` return the new names for
+both.
+
+How nothing is lost
+-------------------
+HDF5 itself is not crash safe: a process killed while the library updates its
+metadata, or a full disk, can leave a file that no longer opens. So the HDF5 file
+is never written in place. While a run goes on, each chunk's results are appended
+to a *journal* beside it (``<file>.<group>.journal``) as one framed record
+(magic, length, CRC-32, then the chunk's arrays), made durable with ``fsync`` at
+least every ``flush_every`` rows. A record whose frame or checksum is incomplete is
+a torn tail: it is cut off when the journal is reopened, and its rows count as not
+written. When the writer closes (also after an exception), the group is assembled
+from the journal into a new file ``<file>.tmp-<pid>`` (with every other group of the
+existing file copied over), which then atomically replaces the file. A kill at any
+instant therefore leaves either the old file or the new one, and the journal;
+``resume=True`` continues from the journal. Once every row is written the journal
+is deleted. While a journal exists the file needs about twice the result size on
+disk; both steps check the free space first and raise `OSError` (ENOSPC) naming
+the path and the bytes needed.
+
+A lock file ``<file>.lock`` (pid, host, process start time) keeps a second writer off
+the same file even where HDF5 file locking is disabled; a lock whose process is gone
+(same host) is taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
+import logging
+import os
+import shutil
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-__all__ = ["GridFitHDF5Writer", "read_fit_results", "TRUNCATION_FIELDS", "STAT_FIELDS"]
+__all__ = [
+    "GridFitHDF5Writer",
+    "OutputInUseError",
+    "read_fit_results",
+    "read_index",
+    "journal_path",
+    "check_output",
+    "TRUNCATION_FIELDS",
+    "STAT_FIELDS",
+]
 
+logger = logging.getLogger("jaxgrid")
+
+FORMAT = "jaxgrid.fit_results/2"
 TRUNCATION_FIELDS = (
     "level",
     "n_before",
@@ -42,26 +87,360 @@ TRUNCATION_FIELDS = (
 )
 STAT_FIELDS = ("mean", "std", "map", "median", "lo68", "hi68", "nmodes")
 _INT_FIELDS = {"level", "n_before", "n_after", "nmodes"}
+_CANDIDATES = ("candidates/candidates", "candidates/post_models")
+_FLAGS_HINT = (
+    "output_hdf5_overwrite=True (CLI: --overwrite) to replace it, resume=True "
+    "(CLI: --resume) to continue it, or another output_hdf5_group"
+)
 
 
+class OutputInUseError(RuntimeError):
+    """Another live process holds the output file's lock."""
+
+
+# ---------------------------------------------------------------------------------- schema
+def _row_fields(stats_targets, stats_bins, return_pdf) -> list[tuple[str, Any, Any, tuple]]:
+    """(dataset, dtype, fill value, per-row shape) of every fixed-size per-row dataset."""
+    fields = [("index/written", np.int8, 0, ()), ("index/status", np.int32, 0, ())]
+    for f in TRUNCATION_FIELDS:
+        if f in _INT_FIELDS:
+            fields.append((f"truncation/{f}", np.int64, -1, ()))
+        else:
+            fields.append((f"truncation/{f}", np.float64, np.nan, ()))
+    for name, edges in zip(stats_targets, stats_bins, strict=True):
+        for f in STAT_FIELDS:
+            if f in _INT_FIELDS:
+                fields.append((f"stats/{name}/{f}", np.int32, -1, ()))
+            else:
+                fields.append((f"stats/{name}/{f}", np.float64, np.nan, ()))
+        if return_pdf:
+            fields.append((f"stats/{name}/posts_target", np.float64, np.nan, (len(edges) - 1,)))
+    d = len(stats_targets)
+    if d:
+        fields.append(("stats/cov/cov", np.float64, np.nan, (d, d)))
+    fields += [
+        ("log_evidence", np.float64, np.nan, ()),
+        ("chi2_min", np.float64, np.nan, ()),
+        ("best", np.int64, -1, ()),
+    ]
+    return fields
+
+
+def read_index(g: h5py.Group) -> tuple[np.ndarray, np.ndarray]:
+    """``(written, status)`` of a result group: written 0/1/-1 per row and the engine's
+    Status flags, from format 2 (``index/written``, ``index/status``) or older files
+    (``index/status`` = written, ``index/flags`` = flags)."""
+    if "index/written" in g:
+        return g["index/written"][...], g["index/status"][...]
+    return g["index/status"][...], g["index/flags"][...]
+
+
+def journal_path(path: str | Path, group: str) -> Path:
+    """The journal of ``group`` beside ``path`` (exists while a run is unfinished)."""
+    path = Path(path)
+    slug = group.strip("/").replace("/", ".") or "root"
+    return path.with_name(f"{path.name}.{slug}.journal")
+
+
+# ------------------------------------------------------------------------------------ lock
+def _start_time(pid: int) -> str | None:
+    """The process start time (clock ticks since boot) from /proc, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _start_time(pid)
+    return start is None or now is None or now == start  # a reused pid is not the owner
+
+
+class _OutputLock:
+    """An exclusive lock file of the library's own: ``O_CREAT | O_EXCL`` holding the
+    owner's pid, host and process start time (independent of HDF5 file locking)."""
+
+    def __init__(self, path: Path):
+        self.path = path.with_name(path.name + ".lock")
+        self.held = False
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> _OutputLock:
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start": _start_time(os.getpid()),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None:
+                    continue  # released meanwhile
+                stale = (
+                    owner.get("host") == me["host"]
+                    and isinstance(owner.get("pid"), int)
+                    and not _alive(owner["pid"], owner.get("start"))
+                )
+                if not stale:
+                    who = (
+                        f"pid {owner.get('pid')} on host {owner.get('host')} since "
+                        f"{owner.get('since')}"
+                        if owner
+                        else "an unknown process"
+                    )
+                    raise OutputInUseError(
+                        f"{self.path.with_suffix('')} is being written by {who} (lock file "
+                        f"{self.path}); wait for that run to end, or, if it is gone, delete "
+                        "the lock file."
+                    ) from None
+                # take the stale lock over: only one contender's rename succeeds
+                aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.path, aside)
+                    aside.unlink()
+                    logger.info("jaxgrid: took over the stale lock %s (%s).", self.path, owner)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            self._me = me
+            return self
+        raise OutputInUseError(f"could not take the lock {self.path}; try again.")
+
+    def release(self) -> None:
+        if self.held and self._owner() == self._me:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self.held = False
+
+
+# --------------------------------------------------------------------------------- journal
+_MAGIC = b"JGJ1"
+_FRAME = struct.Struct("<4sBQI")  # magic, kind, payload length, CRC-32 of the payload
+_HEADER, _CHUNK = 1, 2
+
+
+def _no_space(path: Path, needed: int, free: int | None = None, cause: str = "") -> OSError:
+    have = f", {free:,} free" if free is not None else ""
+    why = f" ({cause})" if cause else ""
+    return OSError(
+        errno.ENOSPC,
+        f"not enough disk space for {path}: about {needed:,} bytes needed{have}{why}. "
+        "Free space (or move the output), then resume (resume=True / --resume): "
+        "nothing committed is lost.",
+        str(path),
+    )
+
+
+def _check_space(path: Path, needed: int) -> None:
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise _no_space(path, needed, free)
+
+
+class _Journal:
+    """Append-only framed records; a torn tail is cut when the journal is opened."""
+
+    def __init__(self, path: Path, header: dict[str, Any], fd: int, size: int):
+        self.path, self.header, self._fd, self.size = path, header, fd, size
+        self._unsynced = 0
+
+    @staticmethod
+    def _frame(kind: int, payload: bytes) -> bytes:
+        return _FRAME.pack(_MAGIC, kind, len(payload), zlib.crc32(payload)) + payload
+
+    @classmethod
+    def create(cls, path: Path, header: dict[str, Any]) -> _Journal:
+        """A new journal holding only its header, made durable before it appears."""
+        data = cls._frame(_HEADER, json.dumps(header, sort_keys=True).encode())
+        tmp = path.with_name(path.name + ".new")
+        _check_space(path, len(data) + 2**16)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_space(path, len(data), cause=err.strerror) from err
+            raise
+        _fsync_dir(path.parent)
+        return cls(path, header, os.open(path, os.O_RDWR | os.O_APPEND), len(data))
+
+    @classmethod
+    def open(cls, path: Path) -> _Journal:
+        """Reopen a journal for appending; its torn tail (if any) is cut off."""
+        with open(path, "rb") as f:
+            records = list(_scan(f))
+        if not records or records[0][0] != _HEADER:
+            raise ValueError(
+                f"{path} is not a jaxgrid results journal (or its header is damaged); "
+                "delete it and rerun with output_hdf5_overwrite=True (CLI: --overwrite)."
+            )
+        end = records[-1][2]
+        if end < path.stat().st_size:
+            logger.info("jaxgrid: cut a torn record off %s at byte %d.", path, end)
+            os.truncate(path, end)
+        header = json.loads(records[0][1])
+        return cls(path, header, os.open(path, os.O_RDWR | os.O_APPEND), end)
+
+    def append(self, payload: bytes, sync: bool) -> None:
+        data = self._frame(_CHUNK, payload)
+        _check_space(self.path, len(data) + 2**16)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            if sync:
+                os.fsync(self._fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.size)  # the record never happened
+            if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise _no_space(self.path, len(data), cause=err.strerror) from err
+            raise
+        self.size += len(data)
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def records(self) -> Iterator[dict[str, np.ndarray]]:
+        """The chunk records, in commit order, as dicts of arrays."""
+        with open(self.path, "rb") as f:
+            for kind, payload, _ in _scan(f):
+                if kind == _CHUNK:
+                    yield _unpack(payload)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _scan(f) -> Iterator[tuple[int, bytes, int]]:
+    """``(kind, payload, end offset)`` of each complete record; stops at a torn one."""
+    while True:
+        head = f.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return
+        magic, kind, length, crc = _FRAME.unpack(head)
+        if magic != _MAGIC:
+            return
+        payload = f.read(length)
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            return
+        yield kind, payload, f.tell()
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k.replace("/", ":"): v for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def _unpack(payload: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+        return {k.replace(":", "/"): z[k] for k in z.files}
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------------- checks
+def check_output(path: str | Path, group: str, overwrite: bool, resume: bool) -> None:
+    """Refuse an output that cannot be used, before any work: ``resume`` with
+    ``overwrite``, a directory, a missing or read-only folder, an unreadable existing
+    file, an existing group or unfinished journal without ``overwrite``/``resume``."""
+    path = Path(path)
+    if overwrite and resume:
+        raise ValueError(
+            "choose one of output_hdf5_overwrite=True (CLI: --overwrite, start again) and "
+            "resume=True (CLI: --resume, continue)."
+        )
+    if path.is_dir():
+        raise IsADirectoryError(
+            errno.EISDIR, f"the output {path} is a directory; give a file name", str(path)
+        )
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, f"the output folder {path.parent} does not exist", str(path.parent)
+        )
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(
+            errno.EACCES, f"the output folder {path.parent} is not writable", str(path.parent)
+        )
+    if path.exists():
+        try:
+            with h5py.File(path, "r") as f:
+                exists = group in f
+        except OSError as err:
+            raise OSError(
+                errno.EIO,
+                f"the existing output {path} cannot be read as HDF5 ({err}); move it away "
+                "or choose another output path",
+                str(path),
+            ) from None
+    else:
+        exists = False
+    if overwrite or resume:
+        return
+    if journal_path(path, group).exists():
+        raise ValueError(
+            f"{path}: an unfinished run of group {group!r} left its journal "
+            f"{journal_path(path, group)}; pass {_FLAGS_HINT}."
+        )
+    if exists:
+        raise ValueError(f"{path} already has group {group!r}; pass {_FLAGS_HINT}.")
+
+
+# ---------------------------------------------------------------------------------- writer
 class GridFitHDF5Writer:
-    """Writes batch-fit results into an HDF5 group, chunk by chunk.
+    """Writes batch-fit results into an HDF5 group, chunk by chunk, crash-safely.
 
     Args:
-        path: the HDF5 file (created if needed).
+        path: the HDF5 file (created if needed; its other groups are kept).
         group: the group to write.
-        n_rows: catalog length M (datasets are created at full size).
+        n_rows: catalog length M.
         configuration: JSON-able dict of the run's settings (stored as the
             group's ``configuration`` attribute; ``resume`` requires equality).
         stats_targets: names of summarised targets; ``stats_bins`` their edges.
         return_pdf: also store ``posts_target`` (M, K) per target.
-        overwrite: replace an existing group. resume: reopen an existing group
-            with the same configuration (``ValueError`` otherwise).
+        overwrite: replace an existing group. resume: continue an existing group or
+            unfinished journal with the same configuration (``ValueError`` otherwise).
         compression: HDF5 filter of the fixed-size datasets (``compression_opts`` its level).
-        flush_every: flush to disk after at least this many rows.
+        flush_every: ``fsync`` the journal after at least this many rows (every chunk
+            is written to the journal at once: a killed process loses nothing written;
+            this bounds what a power loss can take).
 
-    Use as a context manager; ``write(rows, results)`` stores a chunk,
-    ``mark_failed(rows)`` flags rows (status -1) without results.
+    Use as a context manager; ``write(rows, results)`` commits a chunk,
+    ``mark_failed(rows)`` flags rows (written -1) without results. The HDF5 group is
+    (re)assembled when the writer closes; see the module docstring.
     """
 
     def __init__(
@@ -80,159 +459,301 @@ class GridFitHDF5Writer:
         flush_every: int = 256,
     ):
         self.path, self.group_name, self.n_rows = Path(path), group, int(n_rows)
+        check_output(self.path, group, overwrite, resume)
         self.stats_targets = list(stats_targets)
+        self.stats_bins = [np.asarray(b, np.float64) for b in stats_bins]
+        self.return_pdf = bool(return_pdf)
+        self.compression, self.compression_opts = compression, compression_opts
         self.flush_every = max(1, int(flush_every))
-        self._since_flush = 0
-        config_text = json.dumps(configuration, sort_keys=True)
-        # a chunk cache large enough to hold the partly written compressed chunks:
-        # each write covers a few hundred rows of chunks of up to ~1 MiB
-        self._file = h5py.File(self.path, "a", rdcc_nbytes=64 * 2**20, rdcc_nslots=10007)
+        self._fields = _row_fields(self.stats_targets, self.stats_bins, self.return_pdf)
+        self._since_sync = 0
+        self._config_text = json.dumps(configuration, sort_keys=True)
+        self._lock = _OutputLock(self.path).acquire()
+        self._journal = None
         try:
-            if group in self._file:
-                if resume:
-                    g = self._file[group]
-                    stored = g.attrs.get("configuration")
-                    if stored != config_text:
-                        raise ValueError(
-                            f"resume: group {group!r} in {self.path} was written with a different "
-                            "configuration (grid, catalog, likelihood, prior or fit settings); "
-                            "resume with the same settings, or pass output_hdf5_overwrite=True."
-                        )
-                    self._g = g
-                    return
-                if not overwrite:
-                    raise ValueError(
-                        f"{self.path} already has group {group!r}; pass "
-                        "output_hdf5_overwrite=True to replace it, resume=True to continue it, "
-                        "or choose another output_hdf5_group."
-                    )
-                del self._file[group]
-            self._g = self._create(
-                config_text, stats_bins, return_pdf, compression, compression_opts
-            )
-            self._file.flush()
+            for stale in self.path.parent.glob(f"{self.path.name}.tmp-*"):
+                stale.unlink()  # an assembly killed midway (we hold the lock)
+            self._written = np.zeros(self.n_rows, np.int8)
+            self._open_journal(overwrite, resume)
         except BaseException:
-            self._file.close()
+            if self._journal is not None:
+                self._journal.close()
+            self._lock.release()
             raise
 
-    def _create(self, config_text, stats_bins, return_pdf, compression, opts):
-        g = self._file.create_group(self.group_name)
-        g.attrs["configuration"] = config_text
-        m = self.n_rows
-        kw = {"compression": compression, "compression_opts": opts} if compression else {}
-
-        def dset(name, shape, dtype, fill):
-            # chunks of at most 4096 rows and ~1 MiB (a wide PDF row is kilobytes):
-            # larger compressed chunks are recompressed whole on every partial write
-            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
-            chunk_rows = max(1, min(m, 4096, 2**20 // max(row_bytes, 1)))
-            return g.create_dataset(
-                name,
-                shape=shape,
-                dtype=dtype,
-                fillvalue=fill,
-                chunks=(chunk_rows,) + tuple(shape[1:]),
-                **kw,
+    def _open_journal(self, overwrite: bool, resume: bool) -> None:
+        jpath = journal_path(self.path, self.group_name)
+        header = {
+            "format": FORMAT,
+            "configuration": self._config_text,
+            "n_rows": self.n_rows,
+            "stats_targets": self.stats_targets,
+            "stats_bins": [b.tolist() for b in self.stats_bins],
+            "return_pdf": self.return_pdf,
+        }
+        if jpath.exists() and resume:
+            self._journal = _Journal.open(jpath)
+            _same_configuration(
+                self._journal.header["configuration"], self._config_text, self.group_name, jpath
             )
+            for rec in self._journal.records():
+                self._written[rec["rows"]] = rec["index/written"]
+            return
+        self._journal = _Journal.create(jpath, header)
+        if resume and self.path.exists():
+            try:
+                with h5py.File(self.path, "r") as f:
+                    if self.group_name in f:
+                        self._import(f[self.group_name])
+            except BaseException:
+                self._journal.close()
+                jpath.unlink()  # a journal of nothing would block the next run
+                self._journal = None
+                raise
 
-        g.create_dataset("index/m", data=np.arange(m, dtype=np.int64), **kw)
-        dset("index/status", (m,), np.int8, 0)
-        dset("index/flags", (m,), np.int32, 0)
-        for f in TRUNCATION_FIELDS:
-            if f in _INT_FIELDS:
-                dset(f"truncation/{f}", (m,), np.int64, -1)
-            else:
-                dset(f"truncation/{f}", (m,), np.float64, np.nan)
-        vl_int = h5py.vlen_dtype(np.dtype(np.int64))
-        vl_flt = h5py.vlen_dtype(np.dtype(np.float64))
-        g.create_dataset("candidates/candidates", shape=(m,), dtype=vl_int)
-        g.create_dataset("candidates/post_models", shape=(m,), dtype=vl_flt)
-        for name, edges in zip(self.stats_targets, stats_bins, strict=True):
-            g.create_dataset(f"stats/{name}/bins", data=np.asarray(edges, np.float64))
-            for f in STAT_FIELDS:
-                if f in _INT_FIELDS:
-                    dset(f"stats/{name}/{f}", (m,), np.int32, -1)
-                else:
-                    dset(f"stats/{name}/{f}", (m,), np.float64, np.nan)
-            if return_pdf:
-                dset(f"stats/{name}/posts_target", (m, len(edges) - 1), np.float64, np.nan)
-        d = len(self.stats_targets)
-        if d:
-            g.create_dataset("stats/cov/keys", data=np.array(self.stats_targets, dtype="S"))
-            dset("stats/cov/cov", (m, d, d), np.float64, np.nan)
-        dset("log_evidence", (m,), np.float64, np.nan)
-        dset("chi2_min", (m,), np.float64, np.nan)
-        dset("best", (m,), np.int64, -1)
-        return g
+    def _import(self, g: h5py.Group) -> None:
+        """Continue a group assembled earlier: its written rows become journal records."""
+        _same_configuration(
+            g.attrs.get("configuration", ""), self._config_text, self.group_name, self.path
+        )
+        new = "index/written" in g
+        names = [name for name, *_ in self._fields]
+        for name in names + list(_CANDIDATES):
+            stored = name
+            if not new and name in ("index/written", "index/status"):
+                stored = {"index/written": "index/status", "index/status": "index/flags"}[name]
+            if stored not in g:
+                raise ValueError(
+                    f"resume: group {self.group_name!r} in {self.path} lacks the dataset "
+                    f"{stored!r} (damaged, or not written by jaxgrid); rerun with "
+                    "output_hdf5_overwrite=True (CLI: --overwrite)."
+                )
+        written, status = read_index(g)
+        rows = np.flatnonzero(written != 0)
+        for s in range(0, rows.size, 4096):
+            r = rows[s : s + 4096]
+            arrays = {"rows": r, "index/written": written[r], "index/status": status[r]}
+            for name in names[2:]:
+                arrays[name] = g[name][r]
+            idx, w = g[_CANDIDATES[0]][r], g[_CANDIDATES[1]][r]
+            arrays["cand_off"] = np.concatenate([[0], np.cumsum([len(a) for a in idx])])
+            arrays["cand_idx"] = np.concatenate([np.zeros(0, np.int64), *idx]).astype(np.int64)
+            arrays["cand_w"] = np.concatenate([np.zeros(0), *w]).astype(np.float64)
+            self._append(r, arrays)
+        self._sync()
 
     # ------------------------------------------------------------------ API
-    def status(self) -> np.ndarray:
-        """The (M,) ``index/status`` column as stored now."""
-        return self._g["index/status"][...]
+    def written(self) -> np.ndarray:
+        """(M,) int8: 1 written, -1 flagged, 0 not yet written (this run and earlier)."""
+        return self._written.copy()
+
+    status = written  # the name before format 2
 
     def write(self, rows: np.ndarray, res: dict[str, Any]) -> None:
-        """Store results for catalog ``rows`` (sorted ints). ``res`` holds host arrays
+        """Commit results for catalog ``rows`` (sorted ints). ``res`` holds host arrays
         keyed like the per-chunk results of ``fit_batch(return_mode="chunks")``:
         candidate lists come flat as ``candidate_idx``/``candidate_w`` with
         ``candidate_offsets`` (rows + 1): row ``i``'s are ``[off[i]:off[i+1]]`` (or, without
         offsets, padded (rows, width) arrays of which the first ``n_after`` count)."""
-        g = self._g
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return
-        sel = _selection(rows)
+        arrays = {
+            "rows": rows,
+            "index/written": np.where(res["bad"], -1, 1).astype(np.int8),
+            "index/status": np.asarray(res["status"], np.int32),
+        }
         for f in TRUNCATION_FIELDS:
-            g[f"truncation/{f}"][sel] = res[f]
-        cands = np.empty(rows.size, dtype=object)
-        posts = np.empty(rows.size, dtype=object)
+            arrays[f"truncation/{f}"] = res[f]
+        for j, name in enumerate(self.stats_targets):
+            for f in STAT_FIELDS:
+                arrays[f"stats/{name}/{f}"] = np.asarray(res[f])[:, j]
+            if self.return_pdf:
+                arrays[f"stats/{name}/posts_target"] = res["pdf"][j]
+        if self.stats_targets:
+            arrays["stats/cov/cov"] = res["cov"]
+        for f in ("log_evidence", "chi2_min", "best"):
+            arrays[f] = res[f]
         idx = np.asarray(res["candidate_idx"], dtype=np.int64)
         w = np.asarray(res["candidate_w"], dtype=np.float64)
         if "candidate_offsets" in res:
-            off = np.asarray(res["candidate_offsets"]).tolist()
-            for i in range(rows.size):
-                cands[i], posts[i] = idx[off[i] : off[i + 1]], w[off[i] : off[i + 1]]
+            off = np.asarray(res["candidate_offsets"], np.int64)
         else:  # padded (rows, width) lists, the first n_after of each row kept
-            for i, k in enumerate(np.asarray(res["n_after"]).tolist()):
-                cands[i], posts[i] = idx[i, :k], w[i, :k]
-        # write_direct: h5py's __setitem__ mis-broadcasts equal-length vlen rows
-        g["candidates/candidates"].write_direct(cands, dest_sel=np.s_[sel])
-        g["candidates/post_models"].write_direct(posts, dest_sel=np.s_[sel])
-        for j, name in enumerate(self.stats_targets):
-            for f in STAT_FIELDS:
-                g[f"stats/{name}/{f}"][sel] = res[f][:, j]
-            if f"stats/{name}/posts_target" in g:
-                g[f"stats/{name}/posts_target"][sel] = res["pdf"][j]
-        if self.stats_targets:
-            g["stats/cov/cov"][sel] = res["cov"]
-        for f in ("log_evidence", "chi2_min", "best"):
-            g[f][sel] = res[f]
-        g["index/flags"][sel] = res["status"]
-        # status last: a row counts as written only once its data is in the file
-        g["index/status"][sel] = np.where(res["bad"], -1, 1).astype(np.int8)
-        self._since_flush += rows.size
-        if self._since_flush >= self.flush_every:
-            self.flush()
+            k = np.asarray(res["n_after"], np.int64)
+            keep = np.arange(idx.shape[1])[None, :] < k[:, None]
+            idx, w = idx[keep], w[keep]
+            off = np.concatenate([[0], np.cumsum(k)])
+        arrays["cand_idx"], arrays["cand_w"], arrays["cand_off"] = idx, w, off
+        for name, dtype, _, shape in self._fields:
+            arrays[name] = np.asarray(arrays[name], dtype).reshape((rows.size, *shape))
+        self._append(rows, arrays)
 
     def mark_failed(self, rows: np.ndarray, flags: int | np.ndarray = 0) -> None:
-        """Flag ``rows`` as failed (status -1) without results."""
-        sel = _selection(np.asarray(rows, dtype=np.int64))
-        self._g["index/flags"][sel] = flags
-        self._g["index/status"][sel] = -1
+        """Flag ``rows`` as failed (written -1) without results."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        arrays = {"rows": rows}
+        for name, dtype, fill, shape in self._fields:
+            arrays[name] = np.full((rows.size, *shape), fill, dtype)
+        arrays["index/written"][:] = -1
+        arrays["index/status"][:] = flags
+        arrays["cand_off"] = np.zeros(rows.size + 1, np.int64)
+        arrays["cand_idx"], arrays["cand_w"] = np.zeros(0, np.int64), np.zeros(0)
+        self._append(rows, arrays)
+
+    def _append(self, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        self._since_sync += rows.size
+        sync = self._since_sync >= self.flush_every
+        self._journal.append(_pack(arrays), sync)
+        if sync:
+            self._since_sync = 0
+        self._written[rows] = arrays["index/written"]
+
+    def _sync(self) -> None:
+        self._journal.sync()
+        self._since_sync = 0
 
     def flush(self) -> None:
-        self._file.flush()
-        self._since_flush = 0
+        """Make every committed chunk durable (``fsync`` the journal)."""
+        self._sync()
 
-    def close(self) -> None:
-        if self._file.id.valid:
-            self._file.flush()
-            self._file.close()
+    def close(self, raise_errors: bool = True) -> None:
+        """Assemble the group into the file, delete the journal once every row is
+        written, release the lock. With ``raise_errors=False`` (the writer closing on
+        another error) a failed assembly is logged; the journal keeps the results."""
+        if self._journal is None:
+            return
+        try:
+            self._sync()
+            self._assemble()
+            if (self._written != 0).all():
+                self._journal.close()
+                self._journal.path.unlink()
+                _fsync_dir(self.path.parent)
+        except Exception as err:
+            if raise_errors:
+                raise
+            logger.warning(
+                "jaxgrid: %s not updated (%s); the results so far are kept in %s: "
+                "resume (resume=True / --resume) to finish.",
+                self.path,
+                err,
+                self._journal.path,
+            )
+        finally:
+            self._journal.close()
+            self._journal = None
+            self._lock.release()
 
     def __enter__(self) -> GridFitHDF5Writer:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(raise_errors=exc_type is None)
+
+    # ------------------------------------------------------------- assembly
+    def _assemble(self) -> None:
+        m = self.n_rows
+        row_bytes = sum(
+            np.dtype(dt).itemsize * int(np.prod(shape, dtype=np.int64))
+            for _, dt, _, shape in self._fields
+        )
+        other = self.path.stat().st_size if self.path.exists() else 0
+        needed = self._journal.size + m * (row_bytes + 64) + other + 2**20
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        _check_space(tmp, needed)
+        try:
+            with h5py.File(tmp, "w", rdcc_nbytes=64 * 2**20, rdcc_nslots=10007) as out:
+                if self.path.exists():
+                    with h5py.File(self.path, "r") as old:
+                        _copy_except(old, out, self.group_name.strip("/"))
+                g = self._create(out)
+                for rec in self._journal.records():
+                    self._replay(g, rec)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_space(self.path, needed, cause=str(err)) from err
+            raise
+
+    def _create(self, f: h5py.File) -> h5py.Group:
+        g = f.require_group(self.group_name)
+        g.attrs["configuration"] = self._config_text
+        g.attrs["format"] = FORMAT
+        m = self.n_rows
+        kw = {}
+        if self.compression:
+            kw = {"compression": self.compression, "compression_opts": self.compression_opts}
+        g.create_dataset("index/m", data=np.arange(m, dtype=np.int64), **kw)
+        for name, dtype, fill, shape in self._fields:
+            # chunks of at most 4096 rows and ~1 MiB (a wide PDF row is kilobytes)
+            row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            chunk_rows = max(1, min(m, 4096, 2**20 // max(row_bytes, 1)))
+            g.create_dataset(
+                name,
+                shape=(m, *shape),
+                dtype=dtype,
+                fillvalue=fill,
+                chunks=(chunk_rows, *shape),
+                **kw,
+            )
+        g.create_dataset(_CANDIDATES[0], shape=(m,), dtype=h5py.vlen_dtype(np.dtype(np.int64)))
+        g.create_dataset(_CANDIDATES[1], shape=(m,), dtype=h5py.vlen_dtype(np.dtype(np.float64)))
+        for name, edges in zip(self.stats_targets, self.stats_bins, strict=True):
+            g.create_dataset(f"stats/{name}/bins", data=edges)
+        if self.stats_targets:
+            g.create_dataset("stats/cov/keys", data=np.array(self.stats_targets, dtype="S"))
+        return g
+
+    def _replay(self, g: h5py.Group, rec: dict[str, np.ndarray]) -> None:
+        rows = rec["rows"]
+        sel = _selection(rows)
+        for name, *_ in self._fields:
+            g[name][sel] = rec[name]
+        off = rec["cand_off"].tolist()
+        cands = np.empty(rows.size, dtype=object)
+        posts = np.empty(rows.size, dtype=object)
+        idx, w = rec["cand_idx"], rec["cand_w"]
+        for i in range(rows.size):
+            cands[i], posts[i] = idx[off[i] : off[i + 1]], w[off[i] : off[i + 1]]
+        # write_direct: h5py's __setitem__ mis-broadcasts equal-length vlen rows
+        g[_CANDIDATES[0]].write_direct(cands, dest_sel=np.s_[sel])
+        g[_CANDIDATES[1]].write_direct(posts, dest_sel=np.s_[sel])
+
+
+def _same_configuration(stored: str, current: str, group: str, where: Path) -> None:
+    if stored == current:
+        return
+    try:
+        a, b = json.loads(stored), json.loads(current)
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    except (TypeError, ValueError):
+        keys = ["(unreadable stored configuration)"]
+    raise ValueError(
+        f"resume: group {group!r} ({where}) was written with a different configuration "
+        f"(differs in: {', '.join(keys)}); resume with the same grid, catalog, likelihood, "
+        "prior and fit settings (chunk size included), or pass output_hdf5_overwrite=True "
+        "(CLI: --overwrite)."
+    )
+
+
+def _copy_except(src: h5py.Group, dst: h5py.Group, skip: str) -> None:
+    """Copy ``src`` (attributes and members) into ``dst``, leaving out the path ``skip``
+    (relative to ``src``)."""
+    for k, v in src.attrs.items():
+        dst.attrs[k] = v
+    head, _, rest = skip.partition("/")
+    for name in src:
+        if name != head:
+            src.copy(src[name], dst, name=name)
+        elif rest and isinstance(src[name], h5py.Group):
+            _copy_except(src[name], dst.require_group(name), rest)
 
 
 def _selection(rows: np.ndarray):
@@ -243,8 +764,16 @@ def _selection(rows: np.ndarray):
 
 
 def read_fit_results(path: str | Path, group: str = "/fit_batch") -> dict[str, Any]:
-    """Read a whole result group back into nested dicts of NumPy arrays."""
+    """Read a whole result group back into nested dicts of NumPy arrays (format-2
+    names also for older files: ``index/written``, ``index/status``)."""
     out: dict[str, Any] = {}
+    if journal_path(path, group).exists():
+        logger.warning(
+            "jaxgrid: %s has an unfinished run's journal for %s: the group holds the rows "
+            "assembled when that run last closed; resume it to finish.",
+            path,
+            group,
+        )
     with h5py.File(path, "r") as f:
         if group not in f:
             raise KeyError(f"read_fit_results: {path} has no group {group!r}.")
@@ -256,4 +785,6 @@ def read_fit_results(path: str | Path, group: str = "/fit_batch") -> dict[str, A
                 out[name] = obj[...]
 
         g.visititems(visit)
+        out["index/written"], out["index/status"] = read_index(g)
+        out.pop("index/flags", None)
     return out
