@@ -264,11 +264,20 @@ class ModelGrid:
         )
 
     # ------------------------------------------------------------------ files
-    def to_fits_table(self, path, hdu_name="MODELGRID", overwrite=False, include_meta=True):
+    def to_fits_table(
+        self, path, hdu_name="MODELGRID", overwrite=False, include_meta=True, checksum=True
+    ):
         """Write a FITS binary table (see `jaxgrid.io.grid_files.write_fits`)."""
         from .io.grid_files import write_fits
 
-        write_fits(self, path, hdu_name=hdu_name, overwrite=overwrite, include_meta=include_meta)
+        write_fits(
+            self,
+            path,
+            hdu_name=hdu_name,
+            overwrite=overwrite,
+            include_meta=include_meta,
+            checksum=checksum,
+        )
 
     @classmethod
     def from_fits_table(

@@ -389,3 +389,55 @@ def test_empty_writer_gives_a_valid_empty_group(tmp_path):
     f = read_fit_results(path, "/g")
     assert f["index/written"].shape == (0,) and f["stats/t/posts_target"].shape == (0, 2)
     assert f["candidates/candidates"].shape == (0,)
+
+
+# ------------------------------------------------------------------ FITS checksums
+def _flip_a_data_byte(path):
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        offset = hdul[1].fileinfo()["datLoc"] + 10
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def test_fits_grid_checksums_are_written_and_verified(tmp_path, rng):
+    from astropy.io import fits
+
+    from jaxgrid import ModelGrid
+
+    grid = make_grid(rng, n=50, p=3, q=2)
+    path = tmp_path / "g.fits"
+    grid.to_fits_table(path)
+    grid.to_fits_table(path, hdu_name="SECOND")  # appended in update mode: summed too
+    with fits.open(path) as hdul:
+        for hdu in hdul[1:]:
+            assert "CHECKSUM" in hdu.header and "DATASUM" in hdu.header
+    back = ModelGrid.from_fits_table(path)
+    np.testing.assert_array_equal(np.asarray(back.observables), np.asarray(grid.observables))
+    _flip_a_data_byte(path)
+    with pytest.raises(ValueError, match="fails its DATASUM .* check: the file is damaged"):
+        ModelGrid.from_fits_table(path)
+    plain = tmp_path / "plain.fits"
+    grid.to_fits_table(plain, checksum=False)
+    with fits.open(plain) as hdul:
+        assert "CHECKSUM" not in hdul[1].header
+    ModelGrid.from_fits_table(plain)  # no cards: nothing to verify
+
+
+def test_fits_results_checksums(tmp_path, small):
+    from jaxgrid.io import read_results, results_to_table, write_results
+
+    fitter, X, S, kw = small
+    kw = {k: v for k, v in kw.items() if k != "output_hdf5_write_only"}
+    table = results_to_table(fitter.fit_batch(X, S, return_mode="list", **kw), ["t0"])
+    path = tmp_path / "r.fits"
+    write_results(table, path)
+    back = read_results(path)
+    np.testing.assert_array_equal(np.asarray(back["t0_mean"]), np.asarray(table["t0_mean"]))
+    _flip_a_data_byte(path)
+    with pytest.raises(ValueError, match="read_results: .* fails its DATASUM"):
+        read_results(path)

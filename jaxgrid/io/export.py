@@ -21,7 +21,7 @@ from astropy.table import Table
 
 from .results import STAT_FIELDS, read_index
 
-__all__ = ["results_to_table", "write_results", "to_qp"]
+__all__ = ["results_to_table", "write_results", "read_results", "to_qp"]
 
 _ROW_FIELDS = ("status", "log_evidence", "chi2_min", "best", "n_after", "mass_kept")
 
@@ -123,15 +123,37 @@ def results_to_table(
 def write_results(
     table: Table, path: str | Path, overwrite: bool = False, hdf5_path: str = "results"
 ) -> None:
-    """Write a results table to ``.fits`` (binary table) or ``.h5``/``.hdf5``
-    (dataset ``hdf5_path``, units and meta kept)."""
+    """Write a results table to ``.fits`` (binary table, with CHECKSUM/DATASUM
+    cards) or ``.h5``/``.hdf5`` (dataset ``hdf5_path``, units and meta kept).
+    `read_results` reads either back (verifying the FITS checksums)."""
     name = str(path).lower()
     if name.endswith((".fits", ".fit", ".fts")):
-        table.write(path, format="fits", overwrite=overwrite)
+        from astropy.io import fits
+
+        hdu = fits.table_to_hdu(table)
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=overwrite, checksum=True)
     elif name.endswith((".h5", ".hdf5")):
         table.write(path, format="hdf5", path=hdf5_path, overwrite=overwrite, serialize_meta=True)
     else:
         raise ValueError(f"write_results: use a .fits or .h5/.hdf5 path, got {path!s}.")
+
+
+def read_results(path: str | Path, hdf5_path: str = "results") -> Table:
+    """Read a table written by `write_results`; a FITS file whose CHECKSUM/DATASUM
+    cards do not match raises ``ValueError``."""
+    name = str(path).lower()
+    if name.endswith((".fits", ".fit", ".fts")):
+        from astropy.io import fits
+
+        from .grid_files import verify_fits_checksum
+
+        with fits.open(path) as hdul:
+            verify_fits_checksum(hdul[1], path, "read_results")
+            table = Table.read(hdul[1], format="fits", character_as_bytes=False)
+        return table.copy(copy_data=True)
+    if name.endswith((".h5", ".hdf5")):
+        return Table.read(path, path=hdf5_path)
+    raise ValueError(f"read_results: use a .fits or .h5/.hdf5 path, got {path!s}.")
 
 
 def to_qp(

@@ -96,6 +96,7 @@ def write_fits(
     hdu_name: str = "MODELGRID",
     overwrite: bool = False,
     include_meta: bool = True,
+    checksum: bool = True,
 ) -> None:
     """Write ``grid`` as a FITS binary table HDU named ``hdu_name``.
 
@@ -107,6 +108,8 @@ def write_fits(
 
     If ``path`` exists, the HDU is appended, or replaced when an HDU of that
     name exists and ``overwrite`` is true (``ValueError`` otherwise).
+    ``checksum`` writes the FITS CHECKSUM and DATASUM cards (FITS standard 4.0,
+    appendix J), which `read_fits` verifies.
     """
     _check_writable_names(grid, ",", "to_fits_table")
     cols = {n: np.asarray(grid.observables[:, i]) for i, n in enumerate(grid.observable_names)}
@@ -125,9 +128,11 @@ def write_fits(
         h["META"] = json.dumps(grid.meta)
     path = Path(path)
     if not path.exists():
-        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, checksum=checksum)
         return
-    with fits.open(path, mode="update") as hdul:
+    if checksum:
+        hdu.add_checksum()
+    with fits.open(path, mode="update", checksum=checksum) as hdul:
         names = [x.name for x in hdul]
         if hdu_name.upper() in names:
             if not overwrite:
@@ -139,6 +144,21 @@ def write_fits(
         else:
             hdul.append(hdu)
         hdul.flush()
+
+
+def verify_fits_checksum(hdu, path, what: str) -> None:
+    """``ValueError`` when ``hdu`` carries CHECKSUM/DATASUM cards that do not match
+    its header and data (a damaged file); HDUs without the cards pass."""
+    bad = []
+    if "DATASUM" in hdu.header and hdu.verify_datasum() == 0:
+        bad.append("DATASUM (the data)")
+    if "CHECKSUM" in hdu.header and hdu.verify_checksum() == 0:
+        bad.append("CHECKSUM (header and data)")
+    if bad:
+        raise ValueError(
+            f"{what}: HDU {hdu.name!r} of {path} fails its {' and '.join(bad)} check: the "
+            "file is damaged; restore or rewrite it."
+        )
 
 
 def read_fits(
@@ -168,6 +188,7 @@ def read_fits(
             ) from None
         if not isinstance(hdu, fits.BinTableHDU | fits.TableHDU):
             raise ValueError(f"from_fits_table: HDU {table_hdu!r} of {path} is not a table.")
+        verify_fits_checksum(hdu, path, "from_fits_table")
         header = hdu.header.copy()
         table = Table(hdu.data, copy=True)
     written = "OBSNAME" in header and "TGTNAME" in header
