@@ -1,11 +1,12 @@
 """Runs fit_batch in a child process for the kill/resume and multi-device tests.
 
-usage: python batch_worker.py write OUT.h5 [resume] [sleep]
+usage: python batch_worker.py write OUT.h5 [resume] [sleep] [pause]
        python batch_worker.py dump OUT.npz
 
 ``JAXGRID_TEST_CRASH`` makes a writing worker kill itself with SIGKILL at a chosen
 instant: ``record:N`` halfway through writing the N-th journal record (a torn
-tail), ``assemble`` in the middle of assembling the HDF5 file.
+tail), ``assemble`` in the middle of assembling the HDF5 file. ``pause`` waits
+after the first chunk until ``OUT.h5.go`` exists.
 """
 
 import os
@@ -87,9 +88,15 @@ def main():
         resume = "resume" in sys.argv[3:]
         sleep = 0.15 if "sleep" in sys.argv[3:] else 0.0
 
+        go = f"{path}.go" if "pause" in sys.argv[3:] else None  # wait after chunk 1
+
         def progress(done, total):
             print(f"done {done}", flush=True)
             time.sleep(sleep)
+            for _ in range(2400):
+                if go is None or os.path.exists(go):
+                    break
+                time.sleep(0.05)
 
         fitter.fit_batch(
             X,

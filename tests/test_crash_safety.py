@@ -103,7 +103,7 @@ def test_kill_at_random_instants_then_resume_equals_uninterrupted_run(tmp_path, 
                 time.sleep(rnd.uniform(0.0, 2.0))  # during import / compilation
             else:
                 proc.stdout.readline()  # the first chunk is written: kill in the write phase
-                time.sleep(rnd.uniform(0.0, 1.2))
+                time.sleep(rnd.uniform(0.0, 0.6))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
             proc.stdout.close()
@@ -147,10 +147,11 @@ def test_a_second_writer_is_refused_without_hdf5_locking(tmp_path, clean_run):
     path = tmp_path / "out.h5"
     env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
     first = subprocess.Popen(
-        WORKER + [str(path), "sleep"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        WORKER + [str(path), "pause"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     assert first.stdout.readline().startswith(b"done")  # the first writer is writing
     second = run_worker(path, "resume", env=env)
+    Path(f"{path}.go").touch()  # let the first one finish
     assert second.returncode != 0
     assert "is being written by pid" in second.stderr and "lock" in second.stderr
     out, err = first.communicate(timeout=300)

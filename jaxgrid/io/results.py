@@ -164,8 +164,8 @@ def _alive(pid: int, start: str | None) -> bool:
 
 
 class _OutputLock:
-    """An exclusive lock file of the library's own: ``O_CREAT | O_EXCL`` holding the
-    owner's pid, host and process start time (independent of HDF5 file locking)."""
+    """An exclusive lock file of the library's own holding the owner's pid, host and
+    process start time (independent of HDF5 file locking)."""
 
     def __init__(self, path: Path):
         self.path = path.with_name(path.name + ".lock")
@@ -186,9 +186,20 @@ class _OutputLock:
             "start": _start_time(os.getpid()),
             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
+        # the lock appears with its content or not at all: a private file, hard-linked
+        # to the lock name (link(2) fails if the name exists; atomic, NFS included)
+        mine = self.path.with_name(f"{self.path.name}.{me['host']}.{me['pid']}")
+        mine.write_text(json.dumps(me))
+        try:
+            return self._take(me, mine)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                mine.unlink()
+
+    def _take(self, me: dict[str, Any], mine: Path) -> _OutputLock:
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(mine, self.path)
             except FileExistsError:
                 owner = self._owner()
                 if owner is None:
@@ -217,8 +228,6 @@ class _OutputLock:
                     aside.unlink()
                     logger.info("jaxgrid: took over the stale lock %s (%s).", self.path, owner)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self.held = True
             self._me = me
             return self
