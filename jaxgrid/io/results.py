@@ -697,7 +697,7 @@ class GridFitHDF5Writer:
         g.attrs["format"] = FORMAT
         m = self.n_rows
         kw = {}
-        if self.compression:
+        if self.compression and m > 0:  # an empty dataset cannot be chunked
             kw = {"compression": self.compression, "compression_opts": self.compression_opts}
         g.create_dataset("index/m", data=np.arange(m, dtype=np.int64), **kw)
         for name, dtype, fill, shape in self._fields:
@@ -709,7 +709,7 @@ class GridFitHDF5Writer:
                 shape=(m, *shape),
                 dtype=dtype,
                 fillvalue=fill,
-                chunks=(chunk_rows, *shape),
+                chunks=(chunk_rows, *shape) if m > 0 else None,
                 **kw,
             )
         g.create_dataset(_CANDIDATES[0], shape=(m,), dtype=h5py.vlen_dtype(np.dtype(np.int64)))
