@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import float_dtype, is_traced
+from ._checks import cast_overflows, float_dtype, is_traced, masked_to_nan
 from .grid import ModelGrid
 from .prob.likelihoods import AbstractLikelihood, GaussianProductLikelihood
 from .prob.posterior import log_posterior_terms, normalise_log_weights
@@ -60,19 +60,36 @@ def prepare_grid(grid: ModelGrid, use_standardised: bool) -> GridData:
         std = jnp.asarray(grid.standardiser.std, dtype=dt)
     else:
         mean, std = jnp.zeros(p, dt), jnp.ones(p, dt)
+    observables = _in_dtype(grid.observables, "observables", dt)
     log_w = (
         jnp.zeros(grid.n_models, dt)
         if grid.weights is None
-        else jnp.log(jnp.asarray(grid.weights, dtype=dt))
+        else jnp.log(_in_dtype(grid.weights, "weights", dt))
     )
     return GridData(
-        models=(grid.observables - mean) / std,
-        models_native=grid.observables,
-        targets=grid.targets,
+        models=(observables - mean) / std,
+        models_native=observables,
+        targets=_in_dtype(grid.targets, "targets", dt),
         log_weights=log_w,
         obs_mean=mean,
         obs_std=std,
     )
+
+
+def _in_dtype(values: Array, what: str, dt) -> Array:
+    """A grid array in the working dtype. A grid built with float64 (``jax_enable_x64``
+    on) and fitted in float32 is cast here, and checked after the cast: values beyond
+    float32's range would become inf (positive weights below it, 0)."""
+    if values.dtype == dt:
+        return values
+    host = np.asarray(values)
+    out = cast_overflows(host, dt)
+    if not np.all(np.isfinite(out)) or np.any((host > 0) & (out == 0)):
+        raise ValueError(
+            f"GridFitter: the grid's `{what}` (built as {host.dtype}) have values outside the "
+            f"{np.dtype(dt)} range; rescale them, or enable jax_enable_x64 for the fit too."
+        )
+    return jnp.asarray(out)
 
 
 @eqx.filter_jit
@@ -156,6 +173,9 @@ class GridFitter:
     # -------------------------------------------------------------- checks
     def _row(self, x_native, sigma_native, upper_limits, candidate_idx):
         p = self.grid.n_observables
+        # masked entries are missing bands (NaN), as read_catalog reads them
+        x_native = masked_to_nan(x_native, "x_native")
+        sigma_native = masked_to_nan(sigma_native, "sigma_native")
         x = jnp.asarray(x_native, dtype=float_dtype())
         s = jnp.asarray(sigma_native, dtype=float_dtype())
         for arr, name in ((x, "x_native"), (s, "sigma_native")):
@@ -167,12 +187,17 @@ class GridFitter:
         if not is_traced(x_native):
             xv = np.asarray(x)
             if np.any(np.isinf(xv)):
-                raise ValueError("`x_native` has infinite values; use NaN for a missing band.")
+                raise ValueError(
+                    "`x_native` has infinite values (or values beyond the float range, "
+                    f"{np.finfo(xv.dtype).max:.3g}); use NaN for a missing band."
+                )
         if not is_traced(sigma_native):
             sv = np.asarray(s)
-            if np.any(np.isinf(sv)) or np.any(sv < 0):
+            # checked after the cast: a tiny error that rounds to 0 is a zero error
+            if np.any(np.isinf(sv)) or np.any(sv <= 0):
                 raise ValueError(
-                    "`sigma_native` must be non-negative and finite (NaN marks a missing band)."
+                    "`sigma_native` must be positive and finite (NaN marks a missing band); "
+                    f"got {sv.tolist()}."
                 )
         upper = None
         if upper_limits is not None:
