@@ -76,6 +76,13 @@ def prepare_grid(grid: ModelGrid, use_standardised: bool) -> GridData:
     )
 
 
+def _host_cast(value):
+    arr = np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+        return arr  # let jnp.asarray report it
+    return cast_overflows(arr, float_dtype())
+
+
 def _in_dtype(values: Array, what: str, dt) -> Array:
     """A grid array in the working dtype. A grid built with float64 (``jax_enable_x64``
     on) and fitted in float32 is cast here, and checked after the cast: values beyond
@@ -176,8 +183,11 @@ class GridFitter:
         # masked entries are missing bands (NaN), as read_catalog reads them
         x_native = masked_to_nan(x_native, "x_native")
         sigma_native = masked_to_nan(sigma_native, "sigma_native")
-        x = jnp.asarray(x_native, dtype=float_dtype())
-        s = jnp.asarray(sigma_native, dtype=float_dtype())
+        x, s = (
+            # concrete values are cast on the host (beyond float32's range: inf, checked below)
+            jnp.asarray(v if is_traced(v) else _host_cast(v), dtype=float_dtype())
+            for v in (x_native, sigma_native)
+        )
         for arr, name in ((x, "x_native"), (s, "sigma_native")):
             if arr.shape != (p,):
                 raise ValueError(
