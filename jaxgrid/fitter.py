@@ -238,9 +238,11 @@ class GridFitter:
     ) -> Float[Array, " cand"]:
         """Posterior weights (Nc,) of the models (or of ``candidate_idx``), summing to 1.
 
-        ``upper_limits`` (P,) bool flags observables whose value is a limit
-        (see ``jaxgrid.prob.likelihoods``). A row with no usable observable
-        gets all-zero weights and a warning.
+        NaN or a masked entry (``np.ma``) in ``x_native``/``sigma_native`` marks a
+        missing band; infinite values (also beyond the float range) and zero or
+        negative errors raise ``ValueError``. ``upper_limits`` (P,) bool flags
+        observables whose value is a limit (see ``jaxgrid.prob.likelihoods``). A
+        row with no usable observable gets all-zero weights and a warning.
         """
         lw = self._log_weights(x_native, sigma_native, candidate_idx, upper_limits)
         w, log_z = normalise_log_weights(lw)
@@ -308,15 +310,21 @@ class GridFitter:
         Options (keywords as in BESTA; see docs/batch.md):
 
         * ``X_native, SIG_native``: (M, P) observed values and 1-sigma errors in
-          native units. NaN marks a missing band; infinite values or
-          negative errors are treated as missing and flagged
-          (``Status.BAD_INPUT``).
+          native units (arrays, or astropy Tables with columns named as the
+          grid's observables). NaN or a masked entry (``np.ma``, astropy masked
+          columns) marks a missing band; infinite values (also beyond the float
+          range after the cast to float32), zero or negative errors are treated
+          as missing and flagged (``Status.BAD_INPUT``). An empty (0-row)
+          catalog gives an empty result in every return mode.
         * ``binner``: optional candidate preselector following the binner
           protocol of ``jaxgrid.binning`` (e.g. `KDTreeBinner`); None
           fits every row against the whole grid. Rows the binner cannot
           serve (no candidate, or flagged by it) are fitted against the
           full grid and flagged ``Status.FULL_GRID_FALLBACK`` — or, with
-          ``fallback_to_full_grid=False``, flagged ``NO_CANDIDATES``.
+          ``fallback_to_full_grid=False``, flagged ``NO_CANDIDATES``. A row
+          with a model index outside ``[0, N)`` under a True mask is flagged
+          ``NO_CANDIDATES | BAD_INPUT`` (NaN summaries); binner output of the
+          wrong shape or dtype raises.
         * ``n_jobs``: host threads preparing chunks (candidate queries) ahead of
           the device; ``backend``: accepted for BESTA compatibility (only
           threads are used); neither ever fails.
