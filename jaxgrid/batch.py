@@ -552,7 +552,8 @@ class _Runner:
                 fallback |= np.asarray(fb, bool)[:n]
             # indices outside the grid (a custom binner's bug): the row is not fitted on
             # a clamped model but flagged — no candidates, BAD_INPUT, NaN summaries
-            outside = (mask & ((idx < 0) | (idx >= self.fitter.grid.n_models))).any(axis=1)
+            off_grid = (idx < 0) | (idx >= self.fitter.grid.n_models)
+            outside = (mask & off_grid).any(axis=1)
             outside &= ~fallback  # a fallback row's candidates are not used anyway
             if outside.any():
                 logger.warning(
@@ -564,7 +565,7 @@ class _Runner:
                 extra_flags[outside] |= int(Status.BAD_INPUT)
             cand = np.zeros((c, k), np.int32)
             cmask = np.zeros((c, k), bool)
-            cand[:n] = np.where(outside[:, None], 0, idx)
+            cand[:n] = np.where(off_grid, 0, idx)  # masked padding too: any int is allowed
             cmask[:n] = mask & ~outside[:, None]
             cmask[:n][fallback] = False
         arrays = dict(x=x.astype(dt), sigma=s.astype(dt), upper=upper, cand=cand, cand_mask=cmask)
