@@ -44,8 +44,9 @@ Each entry: input — where: outcome.
 import jax
 import numpy as np
 import pytest
+import reference as ref
 from astropy.table import MaskedColumn, Table
-from batch_helpers import BruteForceKNN
+from batch_helpers import BruteForceKNN, row_log_weights
 from conftest import make_grid
 
 from jaxgrid import GridFitter, ModelGrid
@@ -206,18 +207,22 @@ def test_grid_values_beyond_float32_are_fine_in_float64(rng):
         GridFitter(grid)
 
 
-def test_inf_weight_never_gives_infinite_evidence(rng):
-    """The old failure (log_evidence = +inf with status 0) cannot be reached: the
-    nearest representable weights give a finite evidence, shifted by log(max)."""
+def test_largest_float32_weights_give_the_reference_evidence(rng):
+    """Where 1e39 is refused, 1e30 (representable) still gives the float64 reference
+    log evidence, log Z = logsumexp(log L + log w), with status 0 — not +inf."""
     obs = rng.normal(20.0, 1.0, (20, 2))
     tgt = rng.uniform(0.0, 1.0, (20, 1))
     w = np.ones(20)
-    w[3] = 1e30  # representable
+    w[3] = 1e30
     grid = ModelGrid(obs, tgt, ["g", "r"], ["t"], weights=w)
-    res = GridFitter(grid).fit_batch(
-        obs[:2], np.full((2, 2), 0.2), return_mode="list", verbose=False
+    X, S = obs[:2] + 0.05, np.full((2, 2), 0.2)
+    res = GridFitter(grid, use_standardised=False).fit_batch(
+        X, S, return_mode="list", verbose=False
     )
-    assert all(np.isfinite(r["log_evidence"]) and r["status"] == 0 for r in res)
+    for r, x, s in zip(res, X, S, strict=True):
+        want = ref.logsumexp(row_log_weights(grid, x, s))
+        assert r["status"] == 0
+        np.testing.assert_allclose(r["log_evidence"], want, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
