@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import float_dtype
+from ._checks import cast_overflows, float_dtype, masked_to_nan
 from .engine import (
     BAD_STATUS,
     Chunk,
@@ -92,8 +92,24 @@ class BatchPlan:
     configuration: dict[str, Any]
 
 
-def _float_rows(a: Any, name: str, p: int) -> np.ndarray:
-    arr = np.asarray(a, dtype=np.float64)
+def _float_rows(a: Any, name: str, names: list[str]) -> np.ndarray:
+    """(M, P) float64 rows; masked entries (``np.ma``, astropy masked columns/tables) are
+    NaN, i.e. missing bands, as `jaxgrid.io.read_catalog` reads them."""
+    p = len(names)
+    if hasattr(a, "colnames"):  # an astropy Table: its columns named as the observables
+        missing = [c for c in names if c not in a.colnames]
+        if missing:
+            raise ValueError(
+                f"`{name}` is a Table without columns {missing}; name its columns as the "
+                f"grid's observables {names}, or read it with jaxgrid.io.read_catalog(table, "
+                "observables=..., errors=..., grid=grid)."
+            )
+        cols = [masked_to_nan(a[c], f"{name}[{c!r}]") for c in names]
+        cols = [np.asarray(c, dtype=np.float64) for c in cols]
+        if any(c.ndim != 1 for c in cols):
+            raise ValueError(f"`{name}` Table columns {names} must be 1-D (one value per row).")
+        return np.stack(cols, axis=1).reshape(-1, p)
+    arr = np.asarray(masked_to_nan(a, name), dtype=np.float64)
     if arr.ndim == 1 and arr.size == p:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != p:
@@ -222,13 +238,10 @@ def plan_batch(
     return_candidates=True,
 ) -> BatchPlan:
     grid = fitter.grid
-    p = grid.n_observables
-    X = _float_rows(X_native, "X_native", p)
-    S = _float_rows(SIG_native, "SIG_native", p)
+    X = _float_rows(X_native, "X_native", grid.observable_names)
+    S = _float_rows(SIG_native, "SIG_native", grid.observable_names)
     if X.shape != S.shape:
         raise ValueError(f"`X_native` {X.shape} and `SIG_native` {S.shape} differ in shape.")
-    if X.shape[0] == 0:
-        raise ValueError("`X_native` has no rows.")
     U = None
     if upper_limits is not None:
         U = np.asarray(upper_limits)
@@ -237,7 +250,11 @@ def plan_batch(
                 f"`upper_limits` must be a bool array of shape {X.shape}, got {U.dtype} {U.shape}."
             )
     # Bad values inside a batch are flagged, not raised: treated as missing bands.
-    bad_vals = np.isinf(X) | np.isinf(S) | (S < 0)
+    # Checked as the device will hold them: beyond float32's range a value is inf, a
+    # tiny error 0. A zero error is invalid like a negative one (it is not "missing").
+    dt = float_dtype()
+    Xc, Sc = cast_overflows(X, dt), cast_overflows(S, dt)
+    bad_vals = np.isinf(Xc) | np.isinf(Sc) | (Sc <= 0)
     host_flags = np.where(bad_vals.any(axis=1), int(Status.BAD_INPUT), 0).astype(np.int32)
     X = np.where(bad_vals, np.nan, X)
     S = np.where(bad_vals, np.nan, S)
@@ -285,7 +302,7 @@ def plan_batch(
         # measured on the photo-z grid (2,408 models), 512 rows beat 1,024 by 2x
         fits = _CACHE_BYTES // max(n_pool * 4, 1)
         chunk_size = min(chunk_size, max(8, 2 ** int(np.log2(max(fits, 1)))))
-        chunk_size = min(chunk_size, max(8, int(2 ** np.ceil(np.log2(X.shape[0])))))
+        chunk_size = min(chunk_size, max(8, int(2 ** np.ceil(np.log2(max(X.shape[0], 1))))))
     chunk_size = int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
@@ -317,7 +334,6 @@ def plan_batch(
             "extensive targets (shifted by the fitted amplitude) are summarised over the kept "
             "models: use posterior_keep_mass < 0.9999 or posterior_keep_max_candidates."
         )
-    dt = float_dtype()
     edges_dev = tuple(jnp.asarray(e, dt) for e in bins)
     hist, hist_index, bin_values = {}, (), ()
     if n_blocks == 1 and cols:
@@ -429,6 +445,31 @@ def _whole_grid_histograms(targets, cols, edges):
     return fields, hist_index, bin_values
 
 
+def _check_candidates(idx: Any, mask: Any, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The binner's ``(idx, mask)`` for ``n`` rows as int64 and bool (n, k) arrays.
+    Output malformed as a whole (shape, dtype) raises; indices outside the grid are
+    checked per row by the caller, which flags those rows."""
+    idx, mask = np.asarray(idx), np.asarray(mask)
+    if idx.shape != (n, k) or mask.shape != (n, k):
+        raise ValueError(
+            f"binner.batch_candidates returned idx {idx.shape} and mask {mask.shape} for {n} "
+            f"rows; both must be ({n}, {k}) (rows, binner.n_candidates)."
+        )
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(
+            f"binner.batch_candidates returned {idx.dtype} indices; they must be integer model "
+            "indices (e.g. idx.astype(np.int64))."
+        )
+    if mask.dtype != bool and not (
+        np.issubdtype(mask.dtype, np.integer) and np.isin(mask, (0, 1)).all()
+    ):
+        raise TypeError(
+            f"binner.batch_candidates returned a {mask.dtype} mask; it must be bool (True = a "
+            "valid candidate)."
+        )
+    return idx.astype(np.int64), mask.astype(bool)
+
+
 def _binner_info(binner) -> Any:
     info = getattr(binner, "info", None)
     try:
@@ -502,20 +543,33 @@ class _Runner:
         level = None
         extra_flags = np.zeros(n, np.int32)
         if self.binner is not None:
-            idx, mask, level = self.binner.batch_candidates(plan.X[rows], plan.S[rows])
-            idx, mask = np.asarray(idx), np.asarray(mask, bool)
             k = plan.config.block_size
-            if idx.shape != (n, k) or mask.shape != (n, k):
-                raise ValueError(
-                    f"binner returned candidates of shape {idx.shape}, expected ({n}, {k})."
-                )
-            cand = np.zeros((c, k), np.int32)
-            cmask = np.zeros((c, k), bool)
-            cand[:n], cmask[:n] = idx, mask
-            fb = getattr(self.binner, "last_fallback_rows", None)
+            if n:
+                idx, mask, level = self.binner.batch_candidates(plan.X[rows], plan.S[rows])
+                fb = getattr(self.binner, "last_fallback_rows", None)
+            else:  # an empty catalog: nothing to ask the binner
+                idx, mask, fb = np.zeros((0, k), np.int64), np.zeros((0, k), bool), None
+            idx, mask = _check_candidates(idx, mask, n, k)
             fallback = ~mask.any(axis=1)
             if fb is not None:
                 fallback |= np.asarray(fb, bool)[:n]
+            # indices outside the grid (a custom binner's bug): the row is not fitted on
+            # a clamped model but flagged — no candidates, BAD_INPUT, NaN summaries
+            off_grid = (idx < 0) | (idx >= self.fitter.grid.n_models)
+            outside = (mask & off_grid).any(axis=1)
+            outside &= ~fallback  # a fallback row's candidates are not used anyway
+            if outside.any():
+                logger.warning(
+                    "fit_batch: the binner returned model indices outside [0, %d) for %d "
+                    "rows; they are flagged NO_CANDIDATES | BAD_INPUT.",
+                    self.fitter.grid.n_models,
+                    int(outside.sum()),
+                )
+                extra_flags[outside] |= int(Status.BAD_INPUT)
+            cand = np.zeros((c, k), np.int32)
+            cmask = np.zeros((c, k), bool)
+            cand[:n] = np.where(off_grid, 0, idx)  # masked padding too: any int is allowed
+            cmask[:n] = mask & ~outside[:, None]
             cmask[:n][fallback] = False
         arrays = dict(x=x.astype(dt), sigma=s.astype(dt), upper=upper, cand=cand, cand_mask=cmask)
         fb_rows = fb_parts = fb_arrays = None
@@ -540,6 +594,13 @@ class _Runner:
     def run(self, todo: np.ndarray) -> Iterator[dict[str, Any]]:
         """Yield host results per chunk, in order, one chunk behind the device."""
         plan, c = self.plan, self.plan.chunk_size
+        if plan.X.shape[0] == 0:
+            # an empty catalog: one empty chunk through the same step (one all-padding
+            # chunk), so every field comes back with its dtype and trailing shape
+            parts, level, extra, _, host = self._prepare(todo[:0])
+            outs = self._dispatch(plan.config, self.datas, parts)
+            yield self._collect(todo[:0], level, extra, outs, None, host)
+            return
         starts = range(0, todo.size, c)
         pending: deque = deque()
         with cf.ThreadPoolExecutor(max_workers=self.n_jobs) as pool:

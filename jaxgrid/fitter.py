@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import float_dtype, is_traced
+from ._checks import cast_overflows, float_dtype, is_traced, masked_to_nan
 from .grid import ModelGrid
 from .prob.likelihoods import AbstractLikelihood, GaussianProductLikelihood
 from .prob.posterior import log_posterior_terms, normalise_log_weights
@@ -60,19 +60,43 @@ def prepare_grid(grid: ModelGrid, use_standardised: bool) -> GridData:
         std = jnp.asarray(grid.standardiser.std, dtype=dt)
     else:
         mean, std = jnp.zeros(p, dt), jnp.ones(p, dt)
+    observables = _in_dtype(grid.observables, "observables", dt)
     log_w = (
         jnp.zeros(grid.n_models, dt)
         if grid.weights is None
-        else jnp.log(jnp.asarray(grid.weights, dtype=dt))
+        else jnp.log(_in_dtype(grid.weights, "weights", dt))
     )
     return GridData(
-        models=(grid.observables - mean) / std,
-        models_native=grid.observables,
-        targets=grid.targets,
+        models=(observables - mean) / std,
+        models_native=observables,
+        targets=_in_dtype(grid.targets, "targets", dt),
         log_weights=log_w,
         obs_mean=mean,
         obs_std=std,
     )
+
+
+def _host_cast(value):
+    arr = np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+        return arr  # let jnp.asarray report it
+    return cast_overflows(arr, float_dtype())
+
+
+def _in_dtype(values: Array, what: str, dt) -> Array:
+    """A grid array in the working dtype. A grid built with float64 (``jax_enable_x64``
+    on) and fitted in float32 is cast here, and checked after the cast: values beyond
+    float32's range would become inf (positive weights below it, 0)."""
+    if values.dtype == dt:
+        return values
+    host = np.asarray(values)
+    out = cast_overflows(host, dt)
+    if not np.all(np.isfinite(out)) or np.any((host > 0) & (out == 0)):
+        raise ValueError(
+            f"GridFitter: the grid's `{what}` (built as {host.dtype}) have values outside the "
+            f"{np.dtype(dt)} range; rescale them, or enable jax_enable_x64 for the fit too."
+        )
+    return jnp.asarray(out)
 
 
 @eqx.filter_jit
@@ -156,8 +180,14 @@ class GridFitter:
     # -------------------------------------------------------------- checks
     def _row(self, x_native, sigma_native, upper_limits, candidate_idx):
         p = self.grid.n_observables
-        x = jnp.asarray(x_native, dtype=float_dtype())
-        s = jnp.asarray(sigma_native, dtype=float_dtype())
+        # masked entries are missing bands (NaN), as read_catalog reads them
+        x_native = masked_to_nan(x_native, "x_native")
+        sigma_native = masked_to_nan(sigma_native, "sigma_native")
+        x, s = (
+            # concrete values are cast on the host (beyond float32's range: inf, checked below)
+            jnp.asarray(v if is_traced(v) else _host_cast(v), dtype=float_dtype())
+            for v in (x_native, sigma_native)
+        )
         for arr, name in ((x, "x_native"), (s, "sigma_native")):
             if arr.shape != (p,):
                 raise ValueError(
@@ -167,12 +197,17 @@ class GridFitter:
         if not is_traced(x_native):
             xv = np.asarray(x)
             if np.any(np.isinf(xv)):
-                raise ValueError("`x_native` has infinite values; use NaN for a missing band.")
+                raise ValueError(
+                    "`x_native` has infinite values (or values beyond the float range, "
+                    f"{np.finfo(xv.dtype).max:.3g}); use NaN for a missing band."
+                )
         if not is_traced(sigma_native):
             sv = np.asarray(s)
-            if np.any(np.isinf(sv)) or np.any(sv < 0):
+            # checked after the cast: a tiny error that rounds to 0 is a zero error
+            if np.any(np.isinf(sv)) or np.any(sv <= 0):
                 raise ValueError(
-                    "`sigma_native` must be non-negative and finite (NaN marks a missing band)."
+                    "`sigma_native` must be positive and finite (NaN marks a missing band); "
+                    f"got {sv.tolist()}."
                 )
         upper = None
         if upper_limits is not None:
@@ -203,9 +238,11 @@ class GridFitter:
     ) -> Float[Array, " cand"]:
         """Posterior weights (Nc,) of the models (or of ``candidate_idx``), summing to 1.
 
-        ``upper_limits`` (P,) bool flags observables whose value is a limit
-        (see ``jaxgrid.prob.likelihoods``). A row with no usable observable
-        gets all-zero weights and a warning.
+        NaN or a masked entry (``np.ma``) in ``x_native``/``sigma_native`` marks a
+        missing band; infinite values (also beyond the float range) and zero or
+        negative errors raise ``ValueError``. ``upper_limits`` (P,) bool flags
+        observables whose value is a limit (see ``jaxgrid.prob.likelihoods``). A
+        row with no usable observable gets all-zero weights and a warning.
         """
         lw = self._log_weights(x_native, sigma_native, candidate_idx, upper_limits)
         w, log_z = normalise_log_weights(lw)
@@ -273,15 +310,21 @@ class GridFitter:
         Options (keywords as in BESTA; see docs/batch.md):
 
         * ``X_native, SIG_native``: (M, P) observed values and 1-sigma errors in
-          native units. NaN marks a missing band; infinite values or
-          negative errors are treated as missing and flagged
-          (``Status.BAD_INPUT``).
+          native units (arrays, or astropy Tables with columns named as the
+          grid's observables). NaN or a masked entry (``np.ma``, astropy masked
+          columns) marks a missing band; infinite values (also beyond the float
+          range after the cast to float32), zero or negative errors are treated
+          as missing and flagged (``Status.BAD_INPUT``). An empty (0-row)
+          catalog gives an empty result in every return mode.
         * ``binner``: optional candidate preselector following the binner
           protocol of ``jaxgrid.binning`` (e.g. `KDTreeBinner`); None
           fits every row against the whole grid. Rows the binner cannot
           serve (no candidate, or flagged by it) are fitted against the
           full grid and flagged ``Status.FULL_GRID_FALLBACK`` — or, with
-          ``fallback_to_full_grid=False``, flagged ``NO_CANDIDATES``.
+          ``fallback_to_full_grid=False``, flagged ``NO_CANDIDATES``. A row
+          with a model index outside ``[0, N)`` under a True mask is flagged
+          ``NO_CANDIDATES | BAD_INPUT`` (NaN summaries); binner output of the
+          wrong shape or dtype raises.
         * ``n_jobs``: host threads preparing chunks (candidate queries) ahead of
           the device; ``backend``: accepted for BESTA compatibility (only
           threads are used); neither ever fails.

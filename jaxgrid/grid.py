@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import float_dtype
+from ._checks import cast_overflows, float_dtype
 from .transforms import LinearStandardiser
 
 __all__ = ["ModelGrid"]
@@ -115,9 +115,16 @@ class ModelGrid:
                 raise ValueError(
                     f"ModelGrid: `weights` must have shape ({obs.shape[0]},), got {w.shape}."
                 )
+            if not np.issubdtype(w.dtype, np.number) or np.iscomplexobj(w):
+                raise ValueError(f"ModelGrid: `weights` must be real numbers, got {w.dtype}.")
             if not np.all(np.isfinite(w)) or np.any(w < 0):
                 raise ValueError("ModelGrid: `weights` must be finite and non-negative.")
-            self.weights = jnp.asarray(w, dtype=float_dtype())
+            self.weights = _working(
+                w,
+                "weights",
+                "only relative weights matter: divide them by their maximum",
+                positive=w > 0,
+            )
         else:
             self.weights = None
         meta = {} if meta is None else meta
@@ -131,8 +138,9 @@ class ModelGrid:
         if check_boundaries is not None and not callable(check_boundaries):
             raise ValueError("ModelGrid: `check_boundaries` must be callable or None.")
         self.check_boundaries = check_boundaries
-        self.observables: Float[Array, "models obs"] = jnp.asarray(obs, dtype=float_dtype())
-        self.targets: Float[Array, "models targets"] = jnp.asarray(tgt, dtype=float_dtype())
+        fix = "rescale them (other units) or enable float64 (jax_enable_x64) first"
+        self.observables: Float[Array, "models obs"] = _working(obs, "observables", fix)
+        self.targets: Float[Array, "models targets"] = _working(tgt, "targets", fix)
         self.standardiser = LinearStandardiser()
         self.target_standardiser = LinearStandardiser()
 
@@ -347,6 +355,27 @@ class ModelGrid:
         from .io.grid_files import load_auto
 
         return load_auto(path, **kw)
+
+
+def _working(values: Any, what: str, fix: str, positive: Any = None) -> Array:
+    """``values`` in the working float dtype, checked *after* the cast: a finite float64
+    value beyond float32's range would be stored as inf (and a positive weight below it
+    as 0, i.e. an excluded model) while passing a float64 check."""
+    dt = np.dtype(float_dtype())
+    out = cast_overflows(values, dt)
+    bad = ~np.isfinite(out)
+    if positive is not None:
+        bad |= positive & (out == 0)
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
+        limits = f"|v| > {np.finfo(dt).max:.3g}, stored as inf"
+        if positive is not None:
+            limits += ", or 0 < v below the smallest positive value, stored as 0"
+        raise ValueError(
+            f"ModelGrid: `{what}` has {int(bad.sum())} values outside the {dt} range "
+            f"({limits}; first rows {rows[:5].tolist()}); {fix}."
+        )
+    return jnp.asarray(out)
 
 
 def _column_index(col: str | int, names: Sequence[str], what: str) -> int:

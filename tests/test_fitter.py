@@ -252,7 +252,11 @@ def test_zero_weight_models_are_excluded(rng):
             ValueError,
             "`sigma_native` must have shape",
         ),
-        (lambda f: f.posterior_over_models(np.zeros(4), -np.ones(4)), ValueError, "non-negative"),
+        (
+            lambda f: f.posterior_over_models(np.zeros(4), -np.ones(4)),
+            ValueError,
+            "must be positive",
+        ),
         (lambda f: f.posterior_over_models(np.full(4, np.inf), np.ones(4)), ValueError, "infinite"),
         (
             lambda f: f.posterior_over_target(np.zeros(4), np.ones(4), "logM", [0, 1]),

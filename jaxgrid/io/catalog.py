@@ -14,8 +14,8 @@ e.g. LSST DESC / BPZ catalogs):
   that limit, flagged in ``upper``, with error ``nondetection_sigma``
   (default 2.5/ln 10 = 1.0857 mag, the magnitude error of a 1-sigma
   detection); with ``"missing"`` the band is dropped (``ValueFlag.NONDETECTION``);
-* an error that is NaN, inf or <= 0 with a finite value -> missing
-  (``ValueFlag.BAD_ERROR``).
+* an error that is NaN, inf or <= 0 (zero included: a zero error is invalid, not
+  "no error") with a finite value -> missing (``ValueFlag.BAD_ERROR``).
 
 Missing values come out as NaN in both ``X`` and ``SIG``, which the
 likelihoods leave out of the fit.
@@ -142,6 +142,34 @@ def _values(cols: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
     return arr, mask
 
 
+def _used_columns(omap, emap, id_col, upper_limits) -> list[str]:
+    used = [*omap.values(), *emap.values()]
+    if id_col is not None:
+        used.append(id_col)
+    if isinstance(upper_limits, Mapping):
+        used.extend(str(c) for c in upper_limits.values())
+    return list(dict.fromkeys(used))
+
+
+def _length(cols: dict[str, Any], used: list[str]) -> int:
+    """The common length of the columns read (other columns, e.g. 2-D ones, are not
+    looked at). A used column must hold one value per row."""
+    lengths = {}
+    for c in used:
+        if c not in cols:
+            continue  # reported with its role (value, error, id, limit) when read
+        shape = np.shape(cols[c])
+        if len(shape) == 0 or int(np.prod(shape[1:], dtype=np.int64)) != 1:
+            raise ValueError(
+                f"read_catalog: column {c!r} has shape {shape}; a catalog column must hold one "
+                "value per row (split a multi-band column into one column per band)."
+            )
+        lengths[c] = shape[0]
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"read_catalog: the columns read have different lengths {lengths}.")
+    return next(iter(lengths.values()), 0)
+
+
 def read_catalog(
     source: Any,
     observables: Sequence[str] | Mapping[str, str],
@@ -202,10 +230,7 @@ def read_catalog(
             )
         names = list(grid.observable_names)
     cols = _open_source(source, hdf5_group, hdu)
-    lengths = {len(np.asarray(cols[c]).reshape(-1)) for c in cols if np.ndim(cols[c]) >= 1}
-    if len(lengths) > 1:
-        raise ValueError(f"read_catalog: columns have different lengths {sorted(lengths)}.")
-    m = lengths.pop() if lengths else 0
+    m = _length(cols, _used_columns(omap, emap, id_col, upper_limits))
     p = len(names)
     X = np.full((m, p), np.nan)
     SIG = np.full((m, p), np.nan)
