@@ -90,14 +90,21 @@ def _open_source(source: Any, hdf5_group: str | None, hdu: int | str):
         if name.endswith((".fits", ".fit", ".fts", ".fits.gz")):
             from astropy.table import Table
 
-            return _open_source(Table.read(path, hdu=hdu), hdf5_group, hdu)
+            from ._fits import fits_read_errors
+
+            with fits_read_errors(path, "read_catalog"):
+                table = Table.read(path, hdu=hdu)
+            return _open_source(table, hdf5_group, hdu)
         if name.endswith((".h5", ".hdf5")):
             import h5py
 
             with h5py.File(path, "r") as f:
-                group = f[hdf5_group] if hdf5_group else f
                 if hdf5_group and hdf5_group not in f:
-                    raise KeyError(f"read_catalog: {path} has no group {hdf5_group!r}.")
+                    raise KeyError(
+                        f"read_catalog: {path} has no group {hdf5_group!r}; groups: "
+                        f"{[k for k in f if isinstance(f[k], h5py.Group)]}."
+                    )
+                group = f[hdf5_group] if hdf5_group else f
                 cols = {k: group[k][...] for k in group if isinstance(group[k], h5py.Dataset)}
             if not cols:
                 raise ValueError(
@@ -118,6 +125,20 @@ def _open_source(source: Any, hdf5_group: str | None, hdu: int | str):
     raise TypeError(f"read_catalog: unsupported source {type(source).__name__}.")
 
 
+def _length_message(cols: dict[str, Any], source: Any) -> str:
+    """Which columns disagree in length, and where they come from."""
+    by_length: dict[int, list[str]] = {}
+    for c in cols:
+        if np.ndim(cols[c]) >= 1:
+            by_length.setdefault(len(np.asarray(cols[c]).reshape(-1)), []).append(c)
+    where = f" of {source}" if isinstance(source, (str, Path)) else ""
+    parts = "; ".join(f"{n} rows: {sorted(names)[:8]}" for n, names in sorted(by_length.items()))
+    return (
+        f"read_catalog: the columns{where} have different lengths ({parts}); every column "
+        "(HDF5: every dataset of the group) must have one entry per object."
+    )
+
+
 def _groups(path: Path) -> list[str]:
     import h5py
 
@@ -136,7 +157,13 @@ def _values(cols: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
         else None
     )
     data = np.ma.getdata(col) if mask is not None else col
-    arr = np.asarray(data, dtype=np.float64).reshape(-1)
+    try:
+        arr = np.asarray(data, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"read_catalog: column {name!r} is not numeric (dtype {np.asarray(data).dtype}); "
+            "give a column of numbers (NaN for missing values)."
+        ) from None
     if mask is None or mask.shape != arr.shape:
         mask = np.zeros(arr.shape, bool)
     return arr, mask
@@ -204,7 +231,7 @@ def read_catalog(
     cols = _open_source(source, hdf5_group, hdu)
     lengths = {len(np.asarray(cols[c]).reshape(-1)) for c in cols if np.ndim(cols[c]) >= 1}
     if len(lengths) > 1:
-        raise ValueError(f"read_catalog: columns have different lengths {sorted(lengths)}.")
+        raise ValueError(_length_message(cols, source))
     m = lengths.pop() if lengths else 0
     p = len(names)
     X = np.full((m, p), np.nan)

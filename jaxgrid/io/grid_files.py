@@ -20,6 +20,7 @@ from astropy.table import Table
 
 from ..grid import ModelGrid
 from ..transforms import LinearStandardiser
+from ._fits import fits_read_errors
 
 __all__ = [
     "write_fits",
@@ -38,6 +39,7 @@ SUPPORTED_SUFFIXES = {
     "pickle": (".pkl", ".pickle"),
 }
 _PICKLE_FORMAT = "jaxgrid.ModelGrid/1"
+_FITS_NAME_MAX = 68
 
 
 def _standardisers_json(grid: ModelGrid) -> str:
@@ -87,6 +89,14 @@ def _check_writable_names(grid: ModelGrid, forbidden: str, fmt: str) -> None:
     bad = [n for n in names if any(ch in n for ch in forbidden)]
     if bad:
         raise ValueError(f"{fmt}: column names {bad} contain one of {list(forbidden)}.")
+    if fmt == "to_fits_table":
+        # a FITS column name (TTYPEn) must fit one header card: 68 characters, quotes doubled
+        long = [n for n in names if len(n.replace("'", "''")) > _FITS_NAME_MAX]
+        if long:
+            raise ValueError(
+                f"{fmt}: column names {long} are longer than FITS allows ({_FITS_NAME_MAX} "
+                "characters); rename them, or write HDF5 (to_hdf5), which has no such limit."
+            )
 
 
 # -------------------------------------------------------------------- FITS
@@ -159,7 +169,7 @@ def read_fits(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"from_fits_table: no such file {path}.")
-    with fits.open(path) as hdul:
+    with fits_read_errors(path, "from_fits_table"), fits.open(path) as hdul:
         try:
             hdu = hdul[table_hdu]
         except (KeyError, IndexError):
