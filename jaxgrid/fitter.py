@@ -301,7 +301,9 @@ class GridFitter:
         * ``posterior_keep_mass, posterior_keep_min_candidates,
           posterior_keep_max_candidates, posterior_keep_ties``: truncation —
           keep the fewest highest-weight models whose mass reaches
-          ``keep_mass``, at least ``min``, at most ``max`` (only when given:
+          ``keep_mass``, at least ``min`` (default 128, capped by a smaller
+          ``max``; an explicit ``min`` above ``max`` is refused), at most
+          ``max`` (only when given:
           the kept set has no implementation cap, from 1 model to the whole
           grid), ties at the cut in index order or all kept if asked (not
           with a ``max``, as BESTA); renormalised. Off when
@@ -316,7 +318,10 @@ class GridFitter:
           nothing to iterate.
         * ``dry_run``: validate everything, compute nothing, create no file.
         * ``chunk_size``: rows per step (default from the memory budget and N;
-          rounded up to a multiple of the device count).
+          rounded up to a multiple of the device count). Counts (``chunk_size``,
+          candidate counts, ``n_jobs``, ``output_hdf5_flush_every``, block size,
+          ``memory_budget_bytes`` >= 0) must be integers: anything else raises
+          before any file is opened.
         * ``resume``: continue an existing output group written with the same
           configuration, computing only rows whose status is not 1.
         * ``upper_limits``: (M, P) bool, values that are limits.

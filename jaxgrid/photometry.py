@@ -173,6 +173,12 @@ def build_template_grid(
     Returns:
         A grid with ``N = n_types x Nz`` models (type-major), targets
         ``["z", "type"]``, and meta recording the settings.
+
+    Raises:
+        ValueError: a template that does not span a filter's passband (rest frame
+            ``lambda / (1+z)``) at every ``z`` of the grid — it would count as zero flux
+            there; the message names both and the range needed — or a filter without
+            positive transmission. Curves may come in any wavelength order.
     """
     if output not in ("flux", "mag"):
         raise ValueError(f"`output` must be 'flux' or 'mag', got {output!r}.")
