@@ -180,3 +180,13 @@ def test_integral_floats_and_the_default_minimum_under_a_small_max(fit):
     )  # fmt: skip
     for r, e in zip(res, explicit, strict=True):
         np.testing.assert_array_equal(r["candidates"], e["candidates"])
+
+
+def test_hdf5_grid_datasets_of_different_lengths(rng, tmp_path):
+    path = tmp_path / "g.h5"
+    _grid(rng, n=50).to_hdf5(path)
+    with h5py.File(path, "a") as f:
+        del f["modelgrid/observables/b"]
+        f["modelgrid/observables/b"] = np.ones(49)
+    with pytest.raises(ValueError, match=r"from_hdf5: .*lengths differ.*'observables/b': 49"):
+        ModelGrid.load_auto(path)

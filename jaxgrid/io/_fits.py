@@ -24,9 +24,10 @@ def fits_read_errors(path: str | Path, who: str) -> Iterator[None]:
         warnings.simplefilter("always")
         try:
             yield
-        except (TypeError, ValueError, OSError, IndexError, KeyError) as err:
+        except (TypeError, ValueError, OSError, IndexError, KeyError, EOFError) as err:
             damaged = [str(w.message) for w in caught if _is_damage(w)]
-            not_fits = isinstance(err, OSError) and err.errno is None  # "No SIMPLE card"
+            # "No SIMPLE card", or a cut-short .fits.gz
+            not_fits = isinstance(err, EOFError) or (isinstance(err, OSError) and err.errno is None)
             if not (damaged or not_fits):
                 raise  # a missing file, a missing HDU of a sound file, ...: already clear
             why = " ".join((damaged[0] if damaged else str(err)).split())

@@ -309,6 +309,13 @@ def read_hdf5(
         missing = [d for d in [*omap.values(), *tmap.values(), weight_dset] if d and d not in g]
         if missing:
             raise KeyError(f"from_hdf5: datasets {missing} not found under {group!r} in {path}.")
+        used = [*omap.values(), *tmap.values(), *([weight_dset] if weight_dset else [])]
+        lengths = {d: g[d].shape[0] if g[d].ndim else None for d in used}
+        if len(set(lengths.values())) > 1 or None in lengths.values():
+            raise ValueError(
+                f"from_hdf5: the datasets under {group!r} in {path} must be 1-D with one entry "
+                f"per model; their lengths differ: {lengths}."
+            )
         obs = np.stack([g[d][rows] for d in omap.values()], axis=1)
         tgt = np.stack([g[d][rows] for d in tmap.values()], axis=1)
         w = None if weight_dset is None else g[weight_dset][rows]
