@@ -447,21 +447,21 @@ def cmd_demo(args) -> int:
 
 
 def cmd_info(args) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        raise UserError(f"no such file {path}")
+    try:
+        return _info(path)
+    except (OSError, pickle.UnpicklingError, EOFError) as err:  # corrupt, truncated, not ours
+        raise UserError(f"cannot read {path}: {_os_message(err)}") from err
+
+
+def _info(path: Path) -> int:
     import h5py
     import numpy as np
 
     from . import ModelGrid
 
-    path = Path(args.file)
-    if not path.exists():
-        raise UserError(f"no such file {path}")
-    try:
-        return _info(path, h5py, np, ModelGrid)
-    except (OSError, pickle.UnpicklingError, EOFError) as err:
-        raise UserError(f"cannot read {path}: {_os_message(err)}") from err
-
-
-def _info(path: Path, h5py, np, ModelGrid) -> int:
     if path.suffix.lower() in (".h5", ".hdf5"):
         with h5py.File(path, "r") as f:
             groups = []
