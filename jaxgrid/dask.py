@@ -22,7 +22,8 @@ over a Dask DataFrame with a declared output schema.
   mid-task is restarted by its nanny and Dask reruns the task (tested).
 
 LSDB/HATS: ``catalog.map_partitions(fit_partition, spec, columns,
-meta=output_meta(spec, columns))`` works on an ``lsdb.Catalog`` the same way.
+meta=output_meta(spec, columns, id_dtype=...))`` works on an ``lsdb.Catalog`` the
+same way (``id_dtype``: the catalog's id dtype, needed for string ids).
 GPU clusters: one worker per GPU (``dask_cuda.LocalCUDACluster``), and set
 ``XLA_PYTHON_CLIENT_MEM_FRACTION`` (or ``..._PREALLOCATE=false``) so JAX
 shares the card with the worker; SLURM via ``dask_jobqueue.SLURMCluster``.
