@@ -111,7 +111,7 @@ def _integer(value: Any, name: str, low: int | None = None, optional: bool = Fal
 def _check_options(opts: dict[str, Any]) -> None:
     """fit_batch's scalar options, checked before anything is computed or any file opened."""
     _integer(opts["chunk_size"], "chunk_size", 1, optional=True)
-    _integer(opts["n_jobs"], "n_jobs")
+    _integer(opts["n_jobs"], "n_jobs", optional=True)  # None, 0 and -1: one thread
     _integer(opts["output_hdf5_flush_every"], "output_hdf5_flush_every", 1)
     _integer(opts["model_block_size"], "model_block_size", 1, optional=True)
     _integer(opts["memory_budget_bytes"], "memory_budget_bytes", 0, optional=True)

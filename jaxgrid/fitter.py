@@ -284,7 +284,8 @@ class GridFitter:
           ``fallback_to_full_grid=False``, flagged ``NO_CANDIDATES``.
         * ``n_jobs``: host threads preparing chunks (candidate queries) ahead of
           the device; ``backend``: accepted for BESTA compatibility (only
-          threads are used); neither ever fails.
+          threads are used); any integer or None works (<= 0: one thread), a
+          non-integer ``n_jobs`` is refused.
         * ``stats_for``: target names or indices to summarise; ``stats_bins``: one
           edge array per entry (None: 200 edges over each target's grid
           range). Mismatched bins raise ``ValueError``.
