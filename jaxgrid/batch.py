@@ -66,6 +66,7 @@ FAST_K = 128
 #: ~15-30 us per row for k ~ 100 (a whole-row sort), NumPy's argsort ~2 us.
 HOST_ORDER_MAX = 512
 _NO_BOUND = 2**31 - 1  # keep_max when the user sets none
+DEFAULT_KEEP_MIN = 128  # posterior_keep_min_candidates when not given (a smaller max caps it)
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes of per-chunk temporaries on the CPU
 _BYTES_PER_PAIR = 32  # float32 temporaries per (row, model) pair in the step, generous
 _CACHE_BYTES = 8 * 2**20  # default chunks keep one (rows x models) float32 array this small
@@ -90,6 +91,41 @@ class BatchPlan:
     keep: dict[str, Any]
     return_pdf: bool
     configuration: dict[str, Any]
+
+
+def _integer(value: Any, name: str, low: int | None = None, optional: bool = False) -> None:
+    """Refuse a count that is not an integer (512.0 is one, 512.5 and "512" are not)."""
+    if value is None and optional:
+        return
+    integral = isinstance(value, (int, np.integer)) or (
+        isinstance(value, (float, np.floating)) and float(value).is_integer()
+    )
+    if isinstance(value, (bool, np.bool_)) or not integral:
+        kind = "an integer" + (" or None" if optional else "")
+        err = ValueError if isinstance(value, (float, np.floating)) else TypeError
+        raise err(f"`{name}` must be {kind}, got {value!r}.")
+    if low is not None and int(value) < low:
+        raise ValueError(f"`{name}` must be >= {low}, got {value!r}.")
+
+
+def _check_options(opts: dict[str, Any]) -> None:
+    """fit_batch's scalar options, checked before anything is computed or any file opened."""
+    _integer(opts["chunk_size"], "chunk_size", 1, optional=True)
+    _integer(opts["n_jobs"], "n_jobs", optional=True)  # None, 0 and -1: one thread
+    _integer(opts["output_hdf5_flush_every"], "output_hdf5_flush_every", 1)
+    _integer(opts["model_block_size"], "model_block_size", 1, optional=True)
+    _integer(opts["memory_budget_bytes"], "memory_budget_bytes", 0, optional=True)
+    kmin, kmax = opts["posterior_keep_min_candidates"], opts["posterior_keep_max_candidates"]
+    _integer(kmin, "posterior_keep_min_candidates", 1, optional=True)
+    _integer(kmax, "posterior_keep_max_candidates", 1, optional=True)
+    if kmin is not None and kmax is not None and int(kmin) > int(kmax):
+        raise ValueError(
+            f"`posterior_keep_min_candidates` ({kmin}) > `posterior_keep_max_candidates` "
+            f"({kmax}): the minimum kept count cannot exceed the maximum; lower the minimum."
+        )
+    mass = opts["posterior_keep_mass"]
+    if isinstance(mass, (bool, np.bool_)) or not isinstance(mass, (int, float, np.number)):
+        raise TypeError(f"`posterior_keep_mass` must be a number in (0, 1], got {mass!r}.")
 
 
 def _float_rows(a: Any, name: str, names: list[str]) -> np.ndarray:
@@ -884,7 +920,7 @@ def fit_batch(
     return_pdf_for_stats: bool = False,
     verbose: bool = True,
     posterior_keep_mass: float = 0.99,
-    posterior_keep_min_candidates: int = 128,
+    posterior_keep_min_candidates: int | None = None,
     posterior_keep_max_candidates: int | None = None,
     posterior_keep_ties: bool = False,
     return_mode: str = "iter",
@@ -916,6 +952,20 @@ def fit_batch(
         raise ValueError("`resume=True` needs `output_hdf5_path` (the file to continue).")
     if output_hdf5_write_only and output_hdf5_path is None:
         raise ValueError("`output_hdf5_write_only=True` needs `output_hdf5_path`.")
+    _check_options(
+        {
+            "chunk_size": chunk_size,
+            "n_jobs": n_jobs,
+            "output_hdf5_flush_every": output_hdf5_flush_every,
+            "model_block_size": model_block_size,
+            "memory_budget_bytes": memory_budget_bytes,
+            "posterior_keep_min_candidates": posterior_keep_min_candidates,
+            "posterior_keep_max_candidates": posterior_keep_max_candidates,
+            "posterior_keep_mass": posterior_keep_mass,
+        }
+    )
+    if posterior_keep_min_candidates is None:  # the default floor, capped by a smaller max
+        posterior_keep_min_candidates = DEFAULT_KEEP_MIN
     plan = plan_batch(
         fitter,
         X_native,

@@ -22,6 +22,7 @@ these members works:
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -377,10 +378,22 @@ class KDTreeBinner:
     @classmethod
     def load(cls, path: str | Path) -> KDTreeBinner:
         """Read a binner written by ``save`` (the tree is rebuilt identically)."""
-        with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"KDTreeBinner.load: {path} is not a saved KDTreeBinner.")
+        not_ours = f"KDTreeBinner.load: {path} is not a saved KDTreeBinner (write one with save)"
+        try:
+            f = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):  # not an .npz at all
+            raise ValueError(f"{not_ours}: not a NumPy .npz archive.") from None
+        if not isinstance(f, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError(f"{not_ours}: not a NumPy .npz archive.")
+        with f:
+            try:
+                meta = json.loads(str(f["meta"]))
+            except (KeyError, ValueError):
+                raise ValueError(f"{not_ours}: no jaxgrid metadata.") from None
+            if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+                raise ValueError(f"{not_ours}.")
             b = cls(**meta["settings"])
             b._mean, b._scale = f["mean"], f["scale"]
             b._components = f["components"] if "components" in f else None

@@ -8,31 +8,45 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import ast
+import inspect
 import json
+import math
+import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
 
 __all__ = ["main", "build_parser"]
 
-#: fit_batch keywords that ``--set key=value`` and ``[fit]`` in --config may change
+#: fit_batch keywords that ``--set key=value`` and ``[fit]`` in --config may change, and
+#: their types ("?" = may also be ``none``; in TOML, which has no null, the string "none")
 SETTABLE = {
-    "posterior_keep_mass",
-    "posterior_keep_min_candidates",
-    "posterior_keep_max_candidates",
-    "posterior_keep_ties",
-    "find_multimodal",
-    "use_kde_for_stats",
-    "return_pdf_for_stats",
-    "chunk_size",
-    "output_hdf5_group",
-    "output_hdf5_compression",
-    "output_hdf5_flush_every",
-    "model_block_size",
-    "memory_budget_bytes",
-    "fallback_to_full_grid",
-    "n_jobs",
+    "posterior_keep_mass": "float",
+    "posterior_keep_min_candidates": "int",
+    "posterior_keep_max_candidates": "int?",
+    "posterior_keep_ties": "bool",
+    "find_multimodal": "bool",
+    "use_kde_for_stats": "bool",
+    "return_pdf_for_stats": "bool",
+    "chunk_size": "int",
+    "output_hdf5_group": "str",
+    "output_hdf5_compression": "str?",
+    "output_hdf5_flush_every": "int",
+    "model_block_size": "int?",
+    "memory_budget_bytes": "int?",
+    "fallback_to_full_grid": "bool",
+    "n_jobs": "int",
+}
+#: what ``--config`` may hold: top-level keys, and the keys of its tables
+CONFIG_KEYS = {"columns", "fit", "binner", "stats"}
+COLUMN_KEYS = {"observables", "errors", "id", "hdf5_group"}
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+_TYPE_WORDS = {
+    "float": "a number",
+    "int": "an integer",
+    "bool": "a boolean (true/false/1/0/yes/no)",
+    "str": "a string",
 }
 
 
@@ -110,14 +124,70 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+def _type_word(kind: str) -> str:
+    word = _TYPE_WORDS[kind.rstrip("?")]
+    return f"{word} or none" if kind.endswith("?") else word
+
+
+def _setting_from_text(key: str, text: str) -> Any:
+    """``--set KEY=TEXT``: TEXT converted to KEY's type, or a `UserError` naming KEY."""
+    kind = SETTABLE[key]
+    low = text.strip().lower()
+    if kind.endswith("?") and low in ("none", "null"):
+        return None
+    base = kind.rstrip("?")
+    if base == "str":
         return text
+    if base == "bool":
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+    else:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is not None and math.isfinite(value):
+            if base == "float":
+                return value
+            try:
+                return int(text)  # exact for any integer literal
+            except ValueError:
+                if value.is_integer():
+                    return int(value)  # 1e6
+    raise UserError(f"--set {key}={text}: {key} must be {_type_word(kind)}, got {text!r}.")
+
+
+def _setting_from_toml(key: str, value: Any, where: str) -> Any:
+    """A ``[fit]`` value checked against KEY's type (TOML has no null: "none" means None)."""
+    kind = SETTABLE[key]
+    base = kind.rstrip("?")
+    if kind.endswith("?") and isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value),
+    }[base]
+    if base == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not ok:
+        raise UserError(
+            f"{where}: {key} must be {_type_word(kind)}, got {value!r} ({type(value).__name__})."
+        )
+    return float(value) if base == "float" else value
+
+
+def _unknown_keys(table: dict[str, Any], known, where: str) -> None:
+    bad = sorted(set(table) - set(known))
+    if bad:
+        raise UserError(f"{where}: unknown key(s) {bad}; known keys: {sorted(known)}.")
 
 
 def _load_config(path: str | None) -> dict[str, Any]:
+    """Read and check ``--config``: unknown keys and wrongly typed values are refused."""
     if not path:
         return {}
     try:
@@ -128,9 +198,42 @@ def _load_config(path: str | None) -> dict[str, Any]:
     if not p.exists():
         raise UserError(f"no such config file {p}")
     try:
-        return tomllib.loads(p.read_text())
+        config = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"config {p} is not valid TOML: {err}") from None
+    _unknown_keys(config, CONFIG_KEYS, f"config {p}")
+    for table in ("columns", "fit", "binner"):
+        if table in config and not isinstance(config[table], dict):
+            raise UserError(f"config {p}: {table!r} must be a table ([{table}]).")
+    stats = config.get("stats", [])
+    if not isinstance(stats, list) or not all(isinstance(x, str) for x in stats):
+        raise UserError(
+            f'config {p}: stats must be a list of strings, e.g. stats = ["logM:7:12:50", '
+            f'"z"], got {stats!r}.'
+        )
+    columns = config.get("columns", {})
+    _unknown_keys(columns, COLUMN_KEYS, f"config {p} [columns]")
+    for key in ("id", "hdf5_group"):
+        if key in columns and not isinstance(columns[key], str):
+            raise UserError(f"config {p} [columns]: {key} must be a string, got {columns[key]!r}.")
+    for key in ("observables", "errors"):
+        spec = columns.get(key)
+        if spec is None:
+            continue
+        names = list(spec.values()) + list(spec) if isinstance(spec, dict) else spec
+        if not isinstance(spec, (dict, list)) or not all(isinstance(x, str) for x in names):
+            raise UserError(
+                f'config {p} [columns]: {key} must be a table {{grid name = "column"}} or a '
+                f"list of column names, got {spec!r}."
+            )
+    fit = config.get("fit", {})
+    _unknown_keys(fit, SETTABLE, f"config {p} [fit]")
+    config["fit"] = {k: _setting_from_toml(k, v, f"config {p} [fit]") for k, v in fit.items()}
+    from .binning import KDTreeBinner
+
+    binner_keys = set(inspect.signature(KDTreeBinner.__init__).parameters) - {"self"}
+    _unknown_keys(config.get("binner", {}), binner_keys, f"config {p} [binner]")
+    return config
 
 
 def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -158,6 +261,8 @@ def _stats(specs: list[str], grid) -> tuple[list[str], list[Any]]:
                 lo, hi, n = float(parts[1]), float(parts[2]), int(parts[3])
             except ValueError:
                 raise UserError(f"--stats {spec!r}: expected TARGET:LO:HI:NBINS") from None
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise UserError(f"--stats {spec!r}: LO and HI must be finite numbers")
             if not hi > lo or n < 1:
                 raise UserError(f"--stats {spec!r}: need HI > LO and NBINS >= 1")
             edges = np.linspace(lo, hi, n + 1)
@@ -166,6 +271,52 @@ def _stats(specs: list[str], grid) -> tuple[list[str], list[Any]]:
         names.append(name)
         bins.append(edges)
     return names, bins
+
+
+def _config_columns(spec: Any, obs: dict[str, str] | None, key: str) -> dict[str, str]:
+    """``[columns] observables/errors``: a table ``{grid name: column}`` or a list of columns
+    (observables: names = columns; errors: in the order of the observables)."""
+    if not spec:
+        return {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    if obs is None:
+        return {c: c for c in spec}
+    if len(spec) != len(obs):
+        raise UserError(
+            f"config [columns] {key}: {len(spec)} columns for {len(obs)} observables "
+            f'{list(obs)}; give one per observable, or a table {{grid name = "column"}}.'
+        )
+    return dict(zip(obs, spec, strict=True))
+
+
+def _read(what: str, path: str, load):
+    """Run a reader; an unreadable file (corrupt, truncated, not ours) is a `UserError`."""
+    try:
+        return load()
+    except (OSError, pickle.UnpicklingError, EOFError) as err:
+        raise UserError(f"cannot read {what} file {path}: {_os_message(err)}") from err
+
+
+def _os_message(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}" + (f" ({err.filename})" if err.filename else "")
+    return str(err) or type(err).__name__
+
+
+def _check_output(path: Path, what: str) -> None:
+    """Refuse an output path that cannot be written, before any work (and any file) is done."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory; give a file name inside it")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(f"{what} {path}: no such directory {parent}; create it first")
+    target = path if path.exists() else parent
+    if not os.access(target, os.W_OK):
+        raise UserError(
+            f"{what} {path}: {target} is not writable (permissions or a read-only file "
+            "system); choose another location"
+        )
 
 
 def cmd_fit(args) -> int:
@@ -177,14 +328,30 @@ def cmd_fit(args) -> int:
     from .prob import GaussianProductLikelihood
 
     config = _load_config(args.config)
+    settings = dict(config.get("fit", {}))
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE")
+        if key not in SETTABLE:
+            raise UserError(f"--set: unknown setting {key!r}; settable: {sorted(SETTABLE)}")
+        settings[key] = _setting_from_text(key, value)
+    if args.chunk_size is not None:  # --chunk-size 0 is refused like --set chunk_size=0
+        settings["chunk_size"] = args.chunk_size
     for path, what in ((args.grid, "grid"), (args.catalog, "catalog")):
         if not Path(path).exists():
             raise UserError(f"no such {what} file {path}")
-    grid = ModelGrid.load_auto(args.grid)
+    out = Path(args.out)
+    # fits/qp are exported from an HDF5 run file kept beside them (it makes --resume work)
+    h5 = out if args.format == "hdf5" else out.with_name(f"{out.stem}.{args.format}-run.h5")
+    _check_output(out, "--out")
+    if h5 != out:
+        _check_output(h5, f"the run file of --format {args.format}")
+    grid = _read("grid", args.grid, lambda: ModelGrid.load_auto(args.grid))
     columns = config.get("columns", {})
     obs = (
         _pairs(args.observables, "observables")
-        or dict(columns.get("observables", {}))
+        or _config_columns(columns.get("observables"), None, "observables")
         or {n: n for n in grid.observable_names}
     )
     unknown = sorted(set(obs) - set(grid.observable_names))
@@ -195,39 +362,29 @@ def cmd_fit(args) -> int:
         )
     errs = (
         _pairs(args.errors, "errors")
-        or dict(columns.get("errors", {}))
+        or _config_columns(columns.get("errors"), obs, "errors")
         or {n: f"{c}_err" for n, c in obs.items()}
     )
     missing_err = sorted(set(obs) - set(errs))
     if missing_err:
         raise UserError(f"no error column for {missing_err}; give --errors NAME=COLUMN")
-    cat = read_catalog(
+    cat = _read(
+        "catalog",
         args.catalog,
-        obs,
-        errs,
-        id_col=args.id_col or columns.get("id"),
-        grid=grid,
-        hdf5_group=args.hdf5_group or columns.get("hdf5_group"),
+        lambda: read_catalog(
+            args.catalog,
+            obs,
+            errs,
+            id_col=args.id_col or columns.get("id"),
+            grid=grid,
+            hdf5_group=args.hdf5_group or columns.get("hdf5_group"),
+        ),
     )
     names, bins = _stats(args.stats or config.get("stats", []), grid)
-    settings = dict(config.get("fit", {}))
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        settings[key] = _parse_value(value)
-    bad = sorted(set(settings) - SETTABLE)
-    if bad:
-        raise UserError(f"unknown setting(s) {bad}; settable: {sorted(SETTABLE)}")
-    if args.chunk_size:
-        settings["chunk_size"] = args.chunk_size
     binner = None
     if args.binner == "kdtree":
         bcfg = {"target_k": args.k, **config.get("binner", {})}
         binner = KDTreeBinner(dims=bcfg.pop("dims", list(range(grid.n_observables))), **bcfg)
-    out = Path(args.out)
-    # fits/qp are exported from an HDF5 run file kept beside them (it makes --resume work)
-    h5 = out if args.format == "hdf5" else out.with_name(f"{out.stem}.{args.format}-run.h5")
     fitter = GridFitter(grid, GaussianProductLikelihood(limit_kind=args.limit_kind))
     if args.format == "qp":
         settings["return_pdf_for_stats"] = True
@@ -290,14 +447,21 @@ def cmd_demo(args) -> int:
 
 
 def cmd_info(args) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        raise UserError(f"no such file {path}")
+    try:
+        return _info(path)
+    except (OSError, pickle.UnpicklingError, EOFError) as err:  # corrupt, truncated, not ours
+        raise UserError(f"cannot read {path}: {_os_message(err)}") from err
+
+
+def _info(path: Path) -> int:
     import h5py
     import numpy as np
 
     from . import ModelGrid
 
-    path = Path(args.file)
-    if not path.exists():
-        raise UserError(f"no such file {path}")
     if path.suffix.lower() in (".h5", ".hdf5"):
         with h5py.File(path, "r") as f:
             groups = []
@@ -353,13 +517,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = {"fit": cmd_fit, "demo": cmd_demo, "info": cmd_info}[args.command]
+    from .io import OutputInUseError
+
     try:
         return handler(args)
-    except (UserError, FileNotFoundError, KeyError, ValueError, TypeError) as err:
+    except (
+        UserError,
+        OutputInUseError,
+        OSError,
+        pickle.UnpicklingError,
+        EOFError,
+        KeyError,
+        ValueError,
+        TypeError,
+    ) as err:
+        # one line (and exit 2) for every mistake in the inputs or the environment:
+        # unreadable files, a full or read-only disk, bad settings; --debug: the traceback
         if args.debug:
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"jaxgrid: error: {msg}", file=sys.stderr)
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+            msg = _os_message(err)
+        text = " ".join(str(msg).split()) or type(err).__name__
+        print(f"jaxgrid: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -9,7 +9,9 @@ over a Dask DataFrame with a declared output schema.
   process builds the fitter (and the KD-tree) the first time it sees a spec,
   keeps it — on its device — in a process-wide cache, and reuses the
   compiled step for every later partition.
-* **Output.** Per row: ``<id column>`` (if given), ``status``,
+* **Output.** Per row: ``<id column>`` (if given: numeric ids as int64, any
+  other ids — strings — as they are; a missing/NaN or non-integral numeric id
+  is refused with a ``ValueError``), ``status``,
   ``log_evidence``, ``chi2_min``, ``best``, ``n_after``, ``mass_kept`` and per
   summarised target ``<t>_{mean,std,map,median,lo68,hi68,nmodes}``; with
   ``spec.return_pdf`` also ``<t>_pdf``, a list column of densities on the
@@ -20,7 +22,8 @@ over a Dask DataFrame with a declared output schema.
   mid-task is restarted by its nanny and Dask reruns the task (tested).
 
 LSDB/HATS: ``catalog.map_partitions(fit_partition, spec, columns,
-meta=output_meta(spec, columns))`` works on an ``lsdb.Catalog`` the same way.
+meta=output_meta(spec, columns, id_dtype=...))`` works on an ``lsdb.Catalog`` the
+same way (``id_dtype``: the catalog's id dtype, needed for string ids).
 GPU clusters: one worker per GPU (``dask_cuda.LocalCUDACluster``), and set
 ``XLA_PYTHON_CLIENT_MEM_FRACTION`` (or ``..._PREALLOCATE=false``) so JAX
 shares the card with the worker; SLURM via ``dask_jobqueue.SLURMCluster``.
@@ -160,13 +163,45 @@ def _pdf_dtype():
     return pd.ArrowDtype(pa.list_(pa.float64()))
 
 
-def output_meta(spec: FitSpec, columns: Columns):
-    """The empty pandas DataFrame describing `fit_partition`'s output schema."""
+def _id_dtype(dtype: Any) -> Any:
+    """The output dtype of an id column: int64 for numeric ids, the input's own otherwise."""
+    return np.dtype("int64") if getattr(dtype, "kind", "O") in "iuf" else dtype
+
+
+def _ids(df, col: str):
+    """The partition's ids (see `_id_dtype`); a missing or non-integral numeric id is refused."""
+    ids = df[col]
+    missing = ids.isna().to_numpy()
+    if missing.any():
+        raise ValueError(
+            f"fit_partition: id column {col!r} has {int(missing.sum())} missing (NaN/None) "
+            f"value(s), e.g. at index {list(df.index[missing][:5])}; every object needs an id: "
+            "fill or drop those rows, or fit without an id column (Columns.make(id=None))."
+        )
+    if getattr(ids.dtype, "kind", "O") not in "iuf":
+        return ids.array  # strings (or other ids) exactly as given
+    if ids.dtype.kind == "f":
+        values = ids.to_numpy(np.float64)
+        if not np.all(values == np.round(values)):
+            raise ValueError(
+                f"fit_partition: id column {col!r} holds non-integral numbers (e.g. "
+                f"{values[values != np.round(values)][:3].tolist()}); ids must be integers or "
+                "strings."
+            )
+    return ids.to_numpy().astype(np.int64)
+
+
+def output_meta(spec: FitSpec, columns: Columns, id_dtype: Any = "int64"):
+    """The empty pandas DataFrame describing `fit_partition`'s output schema.
+
+    ``id_dtype``: the dtype of the catalog's id column (numeric ids come out as int64,
+    strings as they are); `fit_dataframe` passes it from the Dask DataFrame.
+    """
     import pandas as pd
 
     cols: dict[str, Any] = {}
     if columns.id is not None:
-        cols[columns.id] = pd.Series(dtype="int64")
+        cols[columns.id] = pd.Series(dtype=_id_dtype(pd.api.types.pandas_dtype(id_dtype)))
     cols.update(
         {
             "status": pd.Series(dtype="int32"),
@@ -195,7 +230,9 @@ def fit_partition(df, spec: FitSpec, columns: Columns):
 
     from .io.catalog import read_catalog
 
-    meta = output_meta(spec, columns)
+    id_dtype = df.dtypes[columns.id] if columns.id is not None else "int64"
+    meta = output_meta(spec, columns, id_dtype)
+    ids = _ids(df, columns.id) if columns.id is not None else None  # checked before fitting
     if len(df) == 0:
         return meta.set_index(df.index[:0]) if len(df.index) == 0 else meta
     fitter, binner, bins = _fitter_for(spec)
@@ -230,8 +267,8 @@ def fit_partition(df, spec: FitSpec, columns: Columns):
         )
     )
     out: dict[str, Any] = {}
-    if columns.id is not None:
-        out[columns.id] = np.asarray(df[columns.id]).astype(np.int64)
+    if ids is not None:
+        out[columns.id] = ids
 
     def cat_field(name):
         return np.concatenate([np.asarray(c[name]) for c in chunks])
@@ -254,7 +291,9 @@ def fit_partition(df, spec: FitSpec, columns: Columns):
 
 def fit_dataframe(ddf, spec: FitSpec, columns: Columns):
     """``ddf.map_partitions(fit_partition, ...)`` with the declared output schema."""
-    return ddf.map_partitions(fit_partition, spec, columns, meta=output_meta(spec, columns))
+    id_dtype = ddf.dtypes[columns.id] if columns.id is not None else "int64"
+    meta = output_meta(spec, columns, id_dtype)
+    return ddf.map_partitions(fit_partition, spec, columns, meta=meta)
 
 
 def to_parquet(result_ddf, path, spec: FitSpec, **kw) -> None:

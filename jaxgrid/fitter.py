@@ -327,7 +327,8 @@ class GridFitter:
           wrong shape or dtype raises.
         * ``n_jobs``: host threads preparing chunks (candidate queries) ahead of
           the device; ``backend``: accepted for BESTA compatibility (only
-          threads are used); neither ever fails.
+          threads are used); any integer or None works (<= 0: one thread), a
+          non-integer ``n_jobs`` is refused.
         * ``stats_for``: target names or indices to summarise; ``stats_bins``: one
           edge array per entry (None: 200 edges over each target's grid
           range). Mismatched bins raise ``ValueError``.
@@ -344,7 +345,9 @@ class GridFitter:
         * ``posterior_keep_mass, posterior_keep_min_candidates,
           posterior_keep_max_candidates, posterior_keep_ties``: truncation —
           keep the fewest highest-weight models whose mass reaches
-          ``keep_mass``, at least ``min``, at most ``max`` (only when given:
+          ``keep_mass``, at least ``min`` (default 128, capped by a smaller
+          ``max``; an explicit ``min`` above ``max`` is refused), at most
+          ``max`` (only when given:
           the kept set has no implementation cap, from 1 model to the whole
           grid), ties at the cut in index order or all kept if asked (not
           with a ``max``, as BESTA); renormalised. Off when
@@ -363,7 +366,10 @@ class GridFitter:
           consumed.
         * ``dry_run``: validate everything, compute nothing, create no file.
         * ``chunk_size``: rows per step (default from the memory budget and N;
-          rounded up to a multiple of the device count).
+          rounded up to a multiple of the device count). Counts (``chunk_size``,
+          candidate counts, ``n_jobs``, ``output_hdf5_flush_every``, block size,
+          ``memory_budget_bytes`` >= 0) must be integers: anything else raises
+          before any file is opened.
         * ``resume``: continue an unfinished journal or an existing group
           written with the same configuration (chunk size included),
           recomputing every chunk with a row not yet written.

@@ -51,13 +51,33 @@ def _read_two_columns(path: str | Path, what: str) -> tuple[np.ndarray, np.ndarr
     if not path.exists():
         raise FileNotFoundError(f"{what}: no such file {path}.")
     data = np.loadtxt(path, comments="#", usecols=(0, 1), ndmin=2)
-    wave, value = data[:, 0], data[:, 1]
+    return _sorted_curve(data[:, 0], data[:, 1], f"{what}: {path}")
+
+
+def _sorted_curve(wave: Any, value: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A curve in increasing wavelength, repeated wavelengths dropped (files and tuples alike:
+    `np.interp` silently returns garbage for a descending grid)."""
+    wave = np.asarray(wave, np.float64).reshape(-1)
+    value = np.asarray(value, np.float64).reshape(-1)
+    if wave.shape != value.shape:
+        raise ValueError(f"{what}: wavelength {wave.shape} and values {value.shape} differ.")
+    if not (np.all(np.isfinite(wave)) and np.all(np.isfinite(value))):
+        raise ValueError(f"{what}: wavelengths and values must be finite.")
     order = np.argsort(wave, kind="stable")
     wave, value = wave[order], value[order]
     keep = np.concatenate([[True], np.diff(wave) > 0])  # drop repeated wavelengths
     if keep.sum() < 2:
-        raise ValueError(f"{what}: {path} needs at least two distinct wavelengths.")
+        raise ValueError(f"{what} needs at least two distinct wavelengths.")
     return wave[keep], value[keep]
+
+
+def _passband(wf: np.ndarray, tf: np.ndarray, trim: float, what: str) -> slice:
+    """The filter samples that matter: transmission above ``trim`` x its peak, plus one
+    sample on each side (so the trapezoid rule sees the edges)."""
+    if not np.any(tf > 0):
+        raise ValueError(f"{what}: the filter has no positive transmission (all <= 0).")
+    on = np.flatnonzero(tf > trim * tf.max())
+    return slice(max(on[0] - 1, 0), min(on[-1] + 2, wf.size))
 
 
 def read_sed(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -100,13 +120,18 @@ def band_fnu(
 
     Integrates on the filter's own wavelength grid (trapezoid rule), where
     the template is linearly interpolated at ``lambda / (1+z)`` (zero outside
-    its range). Returns (Nz,) in the template's units times Angstrom^2.
+    its range: `build_template_grid` refuses templates that do not cover a
+    filter). Curves may come in any wavelength order. Returns (Nz,) in the
+    template's units times Angstrom^2.
+
+    Raises:
+        ValueError: a filter without positive transmission, or a curve with fewer than
+            two distinct (finite) wavelengths.
     """
-    ws, fs = (np.asarray(a, np.float64) for a in sed)
-    wf, tf = (np.asarray(a, np.float64) for a in filt)
-    on = tf > trim * tf.max()
-    lo, hi = max(np.flatnonzero(on)[0] - 1, 0), min(np.flatnonzero(on)[-1] + 2, wf.size)
-    wf, tf = wf[lo:hi], tf[lo:hi]
+    ws, fs = _sorted_curve(*sed, "band_fnu: the template")
+    wf, tf = _sorted_curve(*filt, "band_fnu: the filter")
+    band = _passband(wf, tf, trim, "band_fnu")
+    wf, tf = wf[band], tf[band]
     zz = np.atleast_1d(np.asarray(z, np.float64))
     rest = wf[None, :] / (1.0 + zz[:, None])  # (Nz, L)
     flam = np.interp(rest.ravel(), ws, fs, left=0.0, right=0.0).reshape(rest.shape)
@@ -148,6 +173,12 @@ def build_template_grid(
     Returns:
         A grid with ``N = n_types x Nz`` models (type-major), targets
         ``["z", "type"]``, and meta recording the settings.
+
+    Raises:
+        ValueError: a template that does not span a filter's passband (rest frame
+            ``lambda / (1+z)``) at every ``z`` of the grid — it would count as zero flux
+            there; the message names both and the range needed — or a filter without
+            positive transmission. Curves may come in any wavelength order.
     """
     if output not in ("flux", "mag"):
         raise ValueError(f"`output` must be 'flux' or 'mag', got {output!r}.")
@@ -156,9 +187,7 @@ def build_template_grid(
     zz = np.asarray(z, np.float64).reshape(-1)
     if zz.size == 0 or np.any(~np.isfinite(zz)) or np.any(zz < 0):
         raise ValueError("`z` must be a non-empty 1-D array of finite redshifts >= 0.")
-    sed_data = [read_sed(s) if isinstance(s, (str, Path)) else s for s in seds]
-    filt_data = [read_filter(f) if isinstance(f, (str, Path)) else f for f in filters]
-    if not sed_data or not filt_data:
+    if not len(seds) or not len(filters):
         raise ValueError("give at least one template and one filter.")
     fnames = (
         list(filter_names)
@@ -176,6 +205,20 @@ def build_template_grid(
             for i, s in enumerate(seds)
         ]
     )
+    if len(fnames) != len(filters) or len(tnames) != len(seds):
+        raise ValueError(
+            f"{len(fnames)} filter_names for {len(filters)} filters or {len(tnames)} "
+            f"template_names for {len(seds)} templates; give one name each."
+        )
+    sed_data = [
+        read_sed(s) if isinstance(s, (str, Path)) else _sorted_curve(*s, f"template {n!r}")
+        for s, n in zip(seds, tnames, strict=True)
+    ]
+    filt_data = [
+        read_filter(f) if isinstance(f, (str, Path)) else _sorted_curve(*f, f"filter {n!r}")
+        for f, n in zip(filters, fnames, strict=True)
+    ]
+    _check_coverage(sed_data, filt_data, tnames, fnames, zz)
     flux = np.stack(
         [np.stack([band_fnu(s, f, zz, igm=igm) for f in filt_data], axis=1) for s in sed_data]
     )  # (T, Nz, P)
@@ -209,6 +252,26 @@ def build_template_grid(
         "n_z": int(zz.size),
     }
     return ModelGrid(obs, targets, fnames, ["z", "type"], meta=meta)
+
+
+def _check_coverage(sed_data, filt_data, tnames, fnames, zz, trim: float = 1e-6) -> None:
+    """Refuse a template that does not span a filter's passband at every redshift of the grid:
+    outside its range the template counts as zero, which gives silently wrong (low or
+    zero) model fluxes. (The bundled templates cover the bundled filters for any z >= 0.)"""
+    for (wf, tf), fname in zip(filt_data, fnames, strict=True):
+        on = tf > trim * tf.max() if np.any(tf > 0) else None
+        if on is None:
+            raise ValueError(f"filter {fname!r} has no positive transmission (all <= 0).")
+        blue, red = wf[on].min(), wf[on].max()
+        need_lo, need_hi = blue / (1.0 + zz.max()), red / (1.0 + zz.min())  # rest frame
+        for (ws, _), tname in zip(sed_data, tnames, strict=True):
+            if ws[0] > need_lo or ws[-1] < need_hi:
+                raise ValueError(
+                    f"template {tname!r} ({ws[0]:g}-{ws[-1]:g} A) does not cover filter "
+                    f"{fname!r} ({blue:g}-{red:g} A observed) at every z in "
+                    f"[{zz.min():g}, {zz.max():g}]: it needs rest-frame {need_lo:g}-"
+                    f"{need_hi:g} A. Extend the template, or trim the z grid or the filter."
+                )
 
 
 def magnitudes_to_fluxes(X: Any, SIG: Any, upper: Any = None, zero_point: float = 31.4):

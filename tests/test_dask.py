@@ -209,3 +209,38 @@ def test_lsdb_catalog_map_partitions(problem, reference):
     ref = reference[:2000]
     np.testing.assert_array_equal(out["id"].to_numpy(), np.asarray(ref["id"]))
     np.testing.assert_array_equal(out["logM_median"].to_numpy(), np.asarray(ref["logM_median"]))
+
+
+def test_string_ids_on_the_cluster(problem, client):
+    df = problem["df"].iloc[100:300].copy()
+    want = fit_partition(df, problem["spec"], problem["columns"])  # integer ids
+    named = df.assign(id=[f"obj-{i:06d}" for i in df["id"]])
+    out = fit_dataframe(
+        dd.from_pandas(named, npartitions=3), problem["spec"], problem["columns"]
+    ).compute()
+    out = out.loc[named.index]
+    assert out["id"].tolist() == named["id"].tolist()  # the strings, unchanged
+    for col in ("status", "log_evidence", "best", "logM_median", "log_age_mean"):
+        np.testing.assert_array_equal(out[col].to_numpy(), want[col].to_numpy(), err_msg=col)
+    # integral float ids still come out as int64, as before
+    as_float = df.assign(id=df["id"].astype(float))
+    floats = fit_partition(as_float, problem["spec"], problem["columns"])
+    assert floats["id"].dtype == np.int64 and (floats["id"] == df["id"]).all()
+
+
+def test_nan_and_fractional_ids_are_refused(problem, client):
+    df = problem["df"].iloc[100:300].copy()
+    ids = df["id"].astype(float)
+    ids.iloc[[3, 50]] = np.nan
+    with_nan = df.assign(id=ids)
+    with pytest.raises(ValueError, match=r"id column 'id' has 2 missing \(NaN/None\)"):
+        fit_partition(with_nan, problem["spec"], problem["columns"])
+    ddf = dd.from_pandas(with_nan, npartitions=2)
+    with pytest.raises(ValueError, match="id column 'id' has 2 missing"):
+        fit_dataframe(ddf, problem["spec"], problem["columns"]).compute()
+    with pytest.raises(ValueError, match="non-integral"):
+        fit_partition(df.assign(id=df["id"] + 0.5), problem["spec"], problem["columns"])
+    strings = df.assign(id=[f"o{i}" for i in df["id"]])
+    strings.loc[strings.index[7], "id"] = None
+    with pytest.raises(ValueError, match="has 1 missing"):
+        fit_partition(strings, problem["spec"], problem["columns"])

@@ -109,3 +109,47 @@ def test_bad_inputs(tmp_path):
         build_template_grid(_seds()[:1], _filters()[:1], [-1.0])
     with pytest.raises(ValueError, match="igm"):
         build_template_grid(_seds()[:1], _filters()[:1], [0.1], igm="inoue")
+
+
+def test_descending_tuples_give_the_same_grid_as_ascending():
+    w = np.linspace(1000, 20000, 3000)
+    sed = (w, 1e-3 * w ** (-1.2) * (1 + 0.3 * np.sin(w / 700)))
+    filters = [_tophat(4000, 5000), _tophat(6000, 7500)]
+    up = build_template_grid([sed], filters, [0.0, 0.4, 1.1])
+    down = build_template_grid(
+        [(sed[0][::-1], sed[1][::-1])], [(f[0][::-1], f[1][::-1]) for f in filters], [0, 0.4, 1.1]
+    )
+    assert np.all(np.asarray(up.observables) > 0)
+    np.testing.assert_array_equal(np.asarray(down.observables), np.asarray(up.observables))
+    # shuffled samples too (np.interp needs increasing abscissae)
+    order = np.random.default_rng(1).permutation(w.size)
+    shuffled = build_template_grid([(sed[0][order], sed[1][order])], filters, [0.0, 0.4, 1.1])
+    np.testing.assert_array_equal(np.asarray(shuffled.observables), np.asarray(up.observables))
+
+
+def test_template_not_covering_a_filter_is_refused_naming_both():
+    w = np.linspace(3000, 9000, 500)
+    sed = (w, np.ones_like(w))
+    ok = build_template_grid([sed], [_tophat(4000, 5000)], [0.0, 0.3])  # 3077-5000 A rest
+    assert np.all(np.asarray(ok.observables) > 0)
+    with pytest.raises(ValueError, match=r"template 'flat'.*filter 'red'.*\[0, 0\.3\]"):
+        # at z = 0 the red band (8000-9500 A) runs past the template's 9000 A
+        build_template_grid(
+            [sed], [_tophat(4000, 5000), _tophat(8000, 9500)], [0.0, 0.3],
+            filter_names=["blue", "red"], template_names=["flat"],
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"template 'template0'.*filter 'band0'"):
+        # at z = 1 the blue band needs rest-frame 2000-2500 A, bluer than 3000 A
+        build_template_grid([sed], [_tophat(4000, 5000)], [0.0, 1.0])
+    # the bundled templates cover the bundled filters over the demo's redshift range
+    g = build_template_grid(_seds(), _filters(), [0.0, 3.0])
+    assert g.n_models == 16
+
+
+def test_zero_throughput_filter_is_refused():
+    w = np.linspace(3000, 9000, 500)
+    dead = (np.linspace(4000, 5000, 50), np.zeros(50))
+    with pytest.raises(ValueError, match="filter 'dead' has no positive transmission"):
+        build_template_grid([(w, np.ones_like(w))], [dead], [0.1], filter_names=["dead"])
+    with pytest.raises(ValueError, match="band_fnu: the filter has no positive transmission"):
+        band_fnu((w, np.ones_like(w)), dead, [0.1])

@@ -90,14 +90,21 @@ def _open_source(source: Any, hdf5_group: str | None, hdu: int | str):
         if name.endswith((".fits", ".fit", ".fts", ".fits.gz")):
             from astropy.table import Table
 
-            return _open_source(Table.read(path, hdu=hdu), hdf5_group, hdu)
+            from ._fits import fits_read_errors
+
+            with fits_read_errors(path, "read_catalog"):
+                table = Table.read(path, hdu=hdu)
+            return _open_source(table, hdf5_group, hdu)
         if name.endswith((".h5", ".hdf5")):
             import h5py
 
             with h5py.File(path, "r") as f:
-                group = f[hdf5_group] if hdf5_group else f
                 if hdf5_group and hdf5_group not in f:
-                    raise KeyError(f"read_catalog: {path} has no group {hdf5_group!r}.")
+                    raise KeyError(
+                        f"read_catalog: {path} has no group {hdf5_group!r}; groups: "
+                        f"{[k for k in f if isinstance(f[k], h5py.Group)]}."
+                    )
+                group = f[hdf5_group] if hdf5_group else f
                 cols = {k: group[k][...] for k in group if isinstance(group[k], h5py.Dataset)}
             if not cols:
                 raise ValueError(
@@ -118,6 +125,19 @@ def _open_source(source: Any, hdf5_group: str | None, hdu: int | str):
     raise TypeError(f"read_catalog: unsupported source {type(source).__name__}.")
 
 
+def _length_message(lengths: dict[str, int], source: Any) -> str:
+    """Which of the columns read disagree in length, and where they come from."""
+    by_length: dict[int, list[str]] = {}
+    for c, n in lengths.items():
+        by_length.setdefault(n, []).append(c)
+    where = f" of {source}" if isinstance(source, (str, Path)) else ""
+    parts = "; ".join(f"{n} rows: {sorted(names)[:8]}" for n, names in sorted(by_length.items()))
+    return (
+        f"read_catalog: the columns read{where} have different lengths ({parts}); every column "
+        "(HDF5: every dataset of the group) must have one entry per object."
+    )
+
+
 def _groups(path: Path) -> list[str]:
     import h5py
 
@@ -136,7 +156,13 @@ def _values(cols: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
         else None
     )
     data = np.ma.getdata(col) if mask is not None else col
-    arr = np.asarray(data, dtype=np.float64).reshape(-1)
+    try:
+        arr = np.asarray(data, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"read_catalog: column {name!r} is not numeric (dtype {np.asarray(data).dtype}); "
+            "give a column of numbers (NaN for missing values)."
+        ) from None
     if mask is None or mask.shape != arr.shape:
         mask = np.zeros(arr.shape, bool)
     return arr, mask
@@ -151,7 +177,7 @@ def _used_columns(omap, emap, id_col, upper_limits) -> list[str]:
     return list(dict.fromkeys(used))
 
 
-def _length(cols: dict[str, Any], used: list[str]) -> int:
+def _length(cols: dict[str, Any], used: list[str], source: Any) -> int:
     """The common length of the columns read (other columns, e.g. 2-D ones, are not
     looked at). A used column must hold one value per row."""
     lengths = {}
@@ -166,7 +192,7 @@ def _length(cols: dict[str, Any], used: list[str]) -> int:
             )
         lengths[c] = shape[0]
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"read_catalog: the columns read have different lengths {lengths}.")
+        raise ValueError(_length_message(lengths, source))
     return next(iter(lengths.values()), 0)
 
 
@@ -230,7 +256,7 @@ def read_catalog(
             )
         names = list(grid.observable_names)
     cols = _open_source(source, hdf5_group, hdu)
-    m = _length(cols, _used_columns(omap, emap, id_col, upper_limits))
+    m = _length(cols, _used_columns(omap, emap, id_col, upper_limits), source)
     p = len(names)
     X = np.full((m, p), np.nan)
     SIG = np.full((m, p), np.nan)

@@ -20,6 +20,7 @@ from astropy.table import Table
 
 from ..grid import ModelGrid
 from ..transforms import LinearStandardiser
+from ._fits import fits_read_errors
 
 __all__ = [
     "write_fits",
@@ -38,6 +39,7 @@ SUPPORTED_SUFFIXES = {
     "pickle": (".pkl", ".pickle"),
 }
 _PICKLE_FORMAT = "jaxgrid.ModelGrid/1"
+_FITS_NAME_MAX = 68
 
 
 def _standardisers_json(grid: ModelGrid) -> str:
@@ -87,6 +89,14 @@ def _check_writable_names(grid: ModelGrid, forbidden: str, fmt: str) -> None:
     bad = [n for n in names if any(ch in n for ch in forbidden)]
     if bad:
         raise ValueError(f"{fmt}: column names {bad} contain one of {list(forbidden)}.")
+    if fmt == "to_fits_table":
+        # a FITS column name (TTYPEn) must fit one header card: 68 characters, quotes doubled
+        long = [n for n in names if len(n.replace("'", "''")) > _FITS_NAME_MAX]
+        if long:
+            raise ValueError(
+                f"{fmt}: column names {long} are longer than FITS allows ({_FITS_NAME_MAX} "
+                "characters); rename them, or write HDF5 (to_hdf5), which has no such limit."
+            )
 
 
 # -------------------------------------------------------------------- FITS
@@ -179,7 +189,7 @@ def read_fits(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"from_fits_table: no such file {path}.")
-    with fits.open(path) as hdul:
+    with fits_read_errors(path, "from_fits_table"), fits.open(path) as hdul:
         try:
             hdu = hdul[table_hdu]
         except (KeyError, IndexError):
@@ -320,6 +330,13 @@ def read_hdf5(
         missing = [d for d in [*omap.values(), *tmap.values(), weight_dset] if d and d not in g]
         if missing:
             raise KeyError(f"from_hdf5: datasets {missing} not found under {group!r} in {path}.")
+        used = [*omap.values(), *tmap.values(), *([weight_dset] if weight_dset else [])]
+        lengths = {d: g[d].shape[0] if g[d].ndim else None for d in used}
+        if len(set(lengths.values())) > 1 or None in lengths.values():
+            raise ValueError(
+                f"from_hdf5: the datasets under {group!r} in {path} must be 1-D with one entry "
+                f"per model; their lengths differ: {lengths}."
+            )
         obs = np.stack([g[d][rows] for d in omap.values()], axis=1)
         tgt = np.stack([g[d][rows] for d in tmap.values()], axis=1)
         w = None if weight_dset is None else g[weight_dset][rows]
