@@ -41,6 +41,7 @@ optimum gives ``success=False`` with a ``message``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -237,20 +238,20 @@ def _catalog_log_likelihood(
     skip = np.zeros(M, bool) if exclude is None else np.asarray(exclude, bool)
     fixed = np.zeros(p, bool)
     fixed[list(fixed_zero_points)] = True
-    total_fn, rows_fn = _make_chunk_fn(fitter, prior_fn, zero_points, jnp.asarray(fixed))
     dt = float_dtype()
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dt), params)
-    flat, unravel = ravel_pytree(params)
-
-    def flat_rows(theta, x, s, u):
-        log_z, g = rows_fn(unravel(theta), x, s, u)
-        return log_z, jax.vmap(lambda t: ravel_pytree(t)[0])(g)
-
-    def flat_total(theta, x, s, u, v):
-        return total_fn(unravel(theta), x, s, u, v)
-
-    rows = jax.jit(flat_rows)
-    hess = jax.jit(jax.hessian(lambda t, *a: flat_total(t, *a)[0])) if hessian else None
+    flat, _ = ravel_pytree(params)
+    shapes = tuple(np.shape(a) for a in jax.tree_util.tree_leaves(params))
+    rows, hess_fn, unravel = _compiled(
+        fitter,
+        prior_fn,
+        zero_points,
+        tuple(bool(f) for f in fixed),
+        jax.tree_util.tree_structure(params),
+        shapes,
+        np.dtype(dt).name,
+    )
+    hess = hess_fn if hessian else None
     total, grad, n_used = 0.0, np.zeros(flat.size), 0
     H = np.zeros((flat.size, flat.size)) if hessian else None
     usable = np.any(np.isfinite(X) & np.isfinite(S), axis=1)
@@ -288,6 +289,26 @@ def _catalog_log_likelihood(
         "bad_input": bad.sum(axis=1).astype(np.int64),
     }
     return out + (n_used, info)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(fitter, prior_fn, zero_points, fixed, treedef, shapes, dtype):
+    """The jitted per-row value-and-gradient and the Hessian of one problem, built once
+    (a jit of a fresh closure per call would retrace and recompile at every L-BFGS
+    step)."""
+    total_fn, rows_fn = _make_chunk_fn(fitter, prior_fn, zero_points, jnp.asarray(fixed))
+    template = jax.tree_util.tree_unflatten(treedef, [jnp.zeros(sh, dtype) for sh in shapes])
+    _, unravel = ravel_pytree(template)
+
+    def flat_rows(theta, x, s, u):
+        log_z, g = rows_fn(unravel(theta), x, s, u)
+        return log_z, jax.vmap(lambda t: ravel_pytree(t)[0])(g)
+
+    def flat_total(theta, x, s, u, v):
+        return total_fn(unravel(theta), x, s, u, v)
+
+    hess = jax.jit(jax.hessian(lambda t, *a: flat_total(t, *a)[0]))
+    return jax.jit(flat_rows), hess, unravel
 
 
 class CalibrationResult(dict):

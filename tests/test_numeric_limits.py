@@ -170,11 +170,8 @@ def _ref_n_keep(w, keep_mass, keep_min):
     return max(int(np.searchsorted(np.cumsum(order), keep_mass) + 1), keep_min)
 
 
-@pytest.mark.parametrize("kw", [{"model_block_size": 1024}, {}])
-def test_raw_minus_99_rows_keep_a_consistent_mass(demo_grid, kw):
-    """A raw -99 band (log Z ~ -4e5): blocked passes recomputed float32 log weights
-    that differed by an ulp (0.03) from pass 1's, so the kept mass never reached
-    keep_mass (mass_kept 0.969 with the whole grid kept) or exceeded 1."""
+def test_raw_minus_99_rows_keep_a_consistent_mass(demo_grid):
+    """Raw -99 bands (log Z ~ -1e6): kept sets, log Z and flags against float64."""
     grid = demo_grid
     fitter = GridFitter(grid)
     O = np.asarray(grid.observables, np.float64)
@@ -184,7 +181,7 @@ def test_raw_minus_99_rows_keep_a_consistent_mass(demo_grid, kw):
     X[2, 2] = -99.0
     S = np.full_like(X, 0.05)
     S[3] = 3.0  # a broad row: its kept set exceeds the device list (exact branch)
-    out = _chunks(fitter, X, S, posterior_keep_min_candidates=1, **kw)
+    out = _chunks(fitter, X, S, posterior_keep_min_candidates=1, model_block_size=1024)
     assert np.all(out["mass_kept"] <= 1.0) and np.all(out["mass_dropped"] >= 0.0)
     assert np.all(out["mass_kept"] >= 0.99 - 1e-5)
     for i in range(4):
@@ -195,6 +192,31 @@ def test_raw_minus_99_rows_keep_a_consistent_mass(demo_grid, kw):
         assert out["log_evidence"][i] == pytest.approx(logsumexp(lw), rel=1e-6)
     assert np.all(out["status"][:3] & Status.POOR_FIT)
     assert not out["status"][3] & Status.POOR_FIT
+
+
+def test_demo_catalog_chunk_with_a_raw_minus_99_band(tmp_path):
+    """The reported case, on the bundled demo catalog (rows 128-255, one chunk, blocked
+    grid): before, row 137 (u = -99, log Z = -4.1e5) kept the whole grid with
+    mass_kept 0.969 < keep_mass (blocked passes recomputed its float32 log weights an
+    ulp (0.03) away from pass 1's), another row had mass_kept 1.0000001 and a negative
+    mass_dropped."""
+    from astropy.table import Table
+
+    from jaxgrid.demo import BANDS, make_demo_files
+
+    files = make_demo_files(tmp_path, n_objects=400)
+    grid = ModelGrid.from_hdf5(files["grid"])
+    cat = Table.read(files["catalog"])
+    X = np.column_stack([cat[b] for b in BANDS]).astype(float)[128:256]
+    S = np.column_stack([cat[f"{b}_err"] for b in BANDS]).astype(float)[128:256]
+    fitter = GridFitter(grid)
+    out = _chunks(fitter, X, S, model_block_size=2048, chunk_size=128)
+    assert X[9, 0] == -99.0 and out["log_evidence"][9] < -4e5
+    assert np.all(out["mass_kept"] <= 1.0) and np.all(out["mass_dropped"] >= 0.0)
+    assert np.all(out["mass_kept"] >= 0.99 - 1e-6)
+    lw = _ref_log_weights(grid, fitter, X[9], S[9])
+    n_ref = _ref_n_keep(np.exp(lw - logsumexp(lw)), 0.99, 128)
+    assert out["n_after"][9] == n_ref and out["status"][9] & Status.POOR_FIT
 
 
 def test_refined_rows_leave_their_chunk_neighbours_bitwise_unchanged(dense_grid):
