@@ -516,17 +516,26 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
     chi2_min = jnp.min(chi2, axis=1)
     need = _needs_refinement(m, chi2_min)
 
-    def refine(_):
-        # rows far from every model: log weights again, relative to the best model
-        pos = argmax_last(lw)
-        lw_r = jnp.where(need[:, None], jax.vmap(evaluate_ref)(*rows, pos), lw)
-        return lw_r, jnp.max(lw_r, axis=1), pos
+    # Rows far from every model: their log weights again, relative to their best model,
+    # one row at a time, updated in place (a loop of zero trips for ordinary chunks:
+    # no copy of the (rows, n) array, unlike a cond returning it).
+    order = jnp.nonzero(need, size=need.shape[0], fill_value=0)[0]
 
-    def keep(_):
-        return lw, m, jnp.zeros(m.shape, jnp.int32)
+    def refine_row(state):
+        k, lw_c, m_c, pos_c = state
+        r = order[k]
+        row = tuple(None if a is None else a[r] for a in rows)
+        pos = argmax_last(lw_c[r])
+        new = evaluate_ref(*row, pos)
+        lw_c = lax.dynamic_update_slice(lw_c, new[None, :], (r, jnp.zeros((), r.dtype)))
+        return k + 1, lw_c, m_c.at[r].set(jnp.max(new)), pos_c.at[r].set(pos)
 
+    zero = jnp.zeros(m.shape, jnp.int32)
+    n_refine = jnp.sum(need.astype(jnp.int32))
     m_plain = m
-    lw, m, ref_pos = lax.cond(jnp.any(need), refine, keep, None)
+    _, lw, m, ref_pos = lax.while_loop(
+        lambda st: st[0] < n_refine, refine_row, (jnp.int32(0), lw, m, zero)
+    )
     shift = jnp.where(need, m_plain, 0.0)
     ref_idx = ref_pos if not cand else jnp.take_along_axis(chunk.cand, ref_pos[:, None], 1)[:, 0]
     ref_idx = jnp.where(need, ref_idx, -1)
