@@ -378,7 +378,11 @@ class GridFitter:
 
         Per-object dicts hold ``m, level, candidates, post_models, truncation,
         stats, posts_target, log_evidence, chi2_min, best, status`` (see
-        docs/batch.md). Status codes: ``jaxgrid.engine.Status``.
+        docs/batch.md); each target's stats include ``mass_in_bins``, the
+        fraction of the kept mass inside its bins (``"chunks"``: a (rows, D)
+        array). Status codes: ``jaxgrid.engine.Status`` (``LOW_MASS_IN_BINS``
+        below `jaxgrid.engine.MIN_MASS_IN_BINS`; ``POOR_FIT`` for a chi2_min
+        with survival probability below 1e-6 for the row's bands).
         """
         from .batch import fit_batch
 
