@@ -25,6 +25,7 @@ import numpy as np
 from ._checks import cast_overflows, float_dtype, masked_to_nan
 from .engine import (
     BAD_STATUS,
+    POOR_FIT_PROBABILITY,
     Chunk,
     Status,
     StepConfig,
@@ -33,7 +34,7 @@ from .engine import (
     model_bins,
     pool_log_weights,
 )
-from .fitter import GridData
+from .fitter import GridData, standardise_rows
 from .io.results import STAT_FIELDS, GridFitHDF5Writer, check_output
 from .summaries import bin_constant_values, bin_index, histogram_layout
 
@@ -235,7 +236,17 @@ def _padded_data(data: GridData, n_blocks: int, block: int) -> GridData:
         log_weights=padrows(data.log_weights, -jnp.inf),  # padding models are excluded
         obs_mean=data.obs_mean,
         obs_std=data.obs_std,
+        rows_standardised=data.rows_standardised,
     )
+
+
+def poor_fit_chi2(n_obs: int, probability: float = POOR_FIT_PROBABILITY) -> np.ndarray:
+    """(n_obs + 1,) ``chi2.isf(probability, dof)`` for dof = 0..n_obs (``inf`` at 0:
+    nothing to test): `StepParams.poor_fit_chi2`."""
+    from scipy.stats import chi2
+
+    dof = np.arange(n_obs + 1)
+    return np.where(dof > 0, chi2.isf(probability, np.maximum(dof, 1)), np.inf)
 
 
 def _memory_budget() -> int:
@@ -384,7 +395,9 @@ def plan_batch(
         config = StepConfig(block_size=k_cand, n_blocks=1, list_k=1, host_order=True, **common)
     else:
         config = StepConfig(block_size=k_cand, n_blocks=1, list_k=list_k, **common)
-    padded = _padded_data(fitter.data, n_blocks, block)
+    # rows reach the step z-scored in float64 on the host (`standardise_rows`)
+    snapshot = fitter.data.with_rows_standardised(fitter.use_standardised)
+    padded = _padded_data(snapshot, n_blocks, block)
     params = StepParams(
         # keep_mass 1 (with a max): all the mass, not "whenever rounding reaches 1"
         keep_mass=jnp.asarray(np.inf if float(keep_mass) >= 1.0 else keep_mass, dt),
@@ -394,8 +407,9 @@ def plan_batch(
         model_bins=_model_bins_jit(padded.targets, tuple(cols), edges_dev),
         hist_index=hist_index,
         bin_values=bin_values,
+        poor_fit_chi2=jnp.asarray(poor_fit_chi2(grid.n_observables), dt),
     )
-    data = fitter.data if k_cand is not None else padded
+    data = snapshot if k_cand is not None else padded
     if k_cand is not None and not fallback_to_full_grid:
         full_config = None
     configuration = {
@@ -559,7 +573,8 @@ class _Runner:
     def _full_grid_datas(self):
         if self._full_datas is None:
             fc = self.plan.full_config
-            padded = _padded_data(self.fitter.data, fc.n_blocks, fc.block_size)
+            snapshot = self.fitter.data.with_rows_standardised(self.plan.data.rows_standardised)
+            padded = _padded_data(snapshot, fc.n_blocks, fc.block_size)
             self._full_datas = [jax.device_put(padded, d) for d in self.devices]
         return self._full_datas
 
@@ -607,7 +622,9 @@ class _Runner:
             cand[:n] = np.where(off_grid, 0, idx)  # masked padding too: any int is allowed
             cmask[:n] = mask & ~outside[:, None]
             cmask[:n][fallback] = False
-        arrays = dict(x=x.astype(dt), sigma=s.astype(dt), upper=upper, cand=cand, cand_mask=cmask)
+        mean_std = self.fitter.row_mean_std
+        xd, sd = standardise_rows(plan.data, mean_std, x, s, dt)
+        arrays = dict(x=xd, sigma=sd, upper=upper, cand=cand, cand_mask=cmask)
         fb_rows = fb_parts = fb_arrays = None
         if self.binner is not None and plan.full_config is not None and fallback.any():
             # rows the binner could not serve: the whole grid, in a chunk of their own
@@ -616,9 +633,16 @@ class _Runner:
             take = np.zeros(c, np.int64)
             take[: fb_rows.size] = fb_rows
             fvalid = np.arange(c) < fb_rows.size
+            fx, fs = standardise_rows(
+                plan.data,
+                mean_std,
+                np.where(fvalid[:, None], x[take], np.nan),
+                np.where(fvalid[:, None], s[take], np.nan),
+                dt,
+            )
             fb_arrays = dict(
-                x=np.where(fvalid[:, None], x[take], np.nan).astype(dt),
-                sigma=np.where(fvalid[:, None], s[take], np.nan).astype(dt),
+                x=fx,
+                sigma=fs,
                 upper=None if upper is None else upper[take] & fvalid[:, None],
                 cand=None,
                 cand_mask=None,
@@ -754,9 +778,11 @@ class _Runner:
                 main_over[fb_rows] = False
                 fb_over = np.flatnonzero(over[fb_rows])  # positions in the fallback chunk
                 if fb_over.size:
+                    fb_ref = np.full(plan.chunk_size, -1, np.int32)
+                    fb_ref[: fb_rows.size] = host.ref[fb_rows]
                     self._list_long(
                         plan.full_config,
-                        fb_arrays,
+                        dict(fb_arrays, ref=fb_ref),
                         fb_over,
                         fb_rows[fb_over],
                         lengths,
@@ -766,7 +792,8 @@ class _Runner:
                     )
             pos = np.flatnonzero(main_over)
             if pos.size:
-                self._list_long(plan.config, arrays, pos, pos, lengths, offsets, idx, w)
+                main = dict(arrays, ref=np.asarray(host.ref, np.int32))
+                self._list_long(plan.config, main, pos, pos, lengths, offsets, idx, w)
         return idx, w, offsets
 
     @staticmethod
@@ -869,10 +896,11 @@ def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, An
             f: (res[f].astype(int) if f == "nmodes" else res[f].astype(float)).T.tolist()
             for f in STAT_FIELDS
         }
+        fields = STAT_FIELDS
         by_target = [
             [
-                dict(zip(STAT_FIELDS, v, strict=True))
-                for v in zip(*(per[f][j] for f in STAT_FIELDS), strict=True)
+                dict(zip(fields, v, strict=True))
+                for v in zip(*(per[f][j] for f in fields), strict=True)
             ]
             for j in range(len(names))
         ]

@@ -13,7 +13,7 @@ over a Dask DataFrame with a declared output schema.
   other ids — strings — as they are; a missing/NaN or non-integral numeric id
   is refused with a ``ValueError``), ``status``,
   ``log_evidence``, ``chi2_min``, ``best``, ``n_after``, ``mass_kept`` and per
-  summarised target ``<t>_{mean,std,map,median,lo68,hi68,nmodes}``; with
+  summarised target ``<t>_{mean,std,map,median,lo68,hi68,nmodes,mass_in_bins}``; with
   ``spec.return_pdf`` also ``<t>_pdf``, a list column of densities on the
   target's bin edges (``spec.bins_json()``, written into Parquet metadata by
   `to_parquet`). Rows keep the partition's index.
@@ -42,7 +42,7 @@ import numpy as np
 
 __all__ = ["FitSpec", "Columns", "fit_partition", "fit_dataframe", "output_meta", "to_parquet"]
 
-_STAT_FIELDS = ("mean", "std", "map", "median", "lo68", "hi68", "nmodes")
+_STAT_FIELDS = ("mean", "std", "map", "median", "lo68", "hi68", "nmodes", "mass_in_bins")
 _CACHE: dict[str, Any] = {}
 _LOCK = threading.Lock()
 

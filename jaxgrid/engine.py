@@ -65,6 +65,9 @@ __all__ = [
     "chunk_step",
     "model_bins",
     "pool_log_weights",
+    "MIN_MASS_IN_BINS",
+    "POOR_FIT_PROBABILITY",
+    "REFINE_LOG_WEIGHT",
     "pool_trace_count",
     "trace_count",
 ]
@@ -83,9 +86,25 @@ class Status(enum.IntFlag):
     FULL_GRID_FALLBACK = 32  #: preselection failed for this row; the full grid was used
     BAD_INPUT = 64  #: infinite values or negative errors were treated as missing bands
     NO_MASS_IN_BINS = 128  #: a summarised target has no posterior mass inside its bins
+    #: a summarised target has less than `MIN_MASS_IN_BINS` of the kept mass inside its bins
+    LOW_MASS_IN_BINS = 256
+    #: chi2_min is implausible for the row's bands: P(chi2_dof >= chi2_min) < `POOR_FIT_PROBABILITY`
+    POOR_FIT = 512
 
 
 BAD_STATUS = Status.NO_OBSERVABLES | Status.NO_CANDIDATES | Status.ZERO_WEIGHT
+
+#: Rows whose summarised targets have less than this fraction of the kept posterior mass
+#: inside their bins are flagged `Status.LOW_MASS_IN_BINS` (their summaries describe
+#: only the in-bin part); ``mass_in_bins`` reports the fraction per target.
+MIN_MASS_IN_BINS = 0.9
+#: `Status.POOR_FIT` when the chi-square survival probability of ``chi2_min`` for the
+#: row's degrees of freedom (`AbstractLikelihood.chi2_dof`) is below this.
+POOR_FIT_PROBABILITY = 1e-6
+#: Rows whose largest log weight or chi2_min exceeds this in size get their log weights
+#: again *relative to their best model* (`AbstractLikelihood.log_likelihood_ratio`): a
+#: float32 log weight of -1.8e5 is only known to +-0.008, which moves weights by ~1 %.
+REFINE_LOG_WEIGHT = 256.0
 
 _TRACES = 0
 
@@ -146,6 +165,9 @@ class StepParams(eqx.Module):
     model_bins: tuple[Array, ...] = ()
     hist_index: tuple[Array | None, ...] = ()  #: the "gather" layouts' bin -> models tables
     bin_values: tuple[Array | None, ...] = ()  #: per target, its value in each bin (hist_const)
+    #: (P + 1,) the chi2 above which a row with ``dof`` degrees of freedom is a poor fit
+    #: (built on the host: ``chi2.isf(POOR_FIT_PROBABILITY, dof)``); None: no POOR_FIT flag
+    poor_fit_chi2: Array | None = None
 
 
 class Chunk(eqx.Module):
@@ -157,6 +179,8 @@ class Chunk(eqx.Module):
     upper: Bool[Array, "rows obs"] | None
     cand: Int[Array, "rows cand"] | None
     cand_mask: Bool[Array, "rows cand"] | None
+    #: (rows,) `ChunkOutput.ref` of a step, for `pool_log_weights` (None: every row plain)
+    ref: Int[Array, " rows"] | None = None
 
 
 class ChunkOutput(eqx.Module):
@@ -185,6 +209,9 @@ class ChunkOutput(eqx.Module):
     cov: Array
     pdf: tuple[Array, ...]
     pool_lw: Array  #: (rows, cand) the pool's log weights (``host_order``), else (rows, 0)
+    mass_in_bins: Array  #: (rows, D) fraction of the kept mass inside each target's bins
+    #: (rows,) grid index of the model the row's log weights are relative to (-1: plain)
+    ref: Array
 
 
 class _Totals(NamedTuple):
@@ -198,6 +225,8 @@ class _Totals(NamedTuple):
     lo: Array  #: smallest finite log weight (bisection bracket; blocked path only)
     top_vals: Array  #: (list_k,) descending log weights
     top_idx: Array  #: (list_k,) their grid indices
+    shift: Array  #: added to the log weights for log Z (0, or the refined row's best lw)
+    ref: Array  #: grid index of the refinement's reference model (-1: plain log weights)
 
 
 class _Kept(NamedTuple):
@@ -222,13 +251,41 @@ def _stat_columns(targets: Array, config: StepConfig) -> Array:
     return jnp.stack([targets[..., c] for c in config.stat_cols], axis=-1)
 
 
-def _evaluate(lik, prior, data: GridData, x, sigma, upper, models, native, targets, log_w, valid):
-    """``(lw, chi2)`` of one native row against a set of models (``-inf`` = excluded)."""
+def _evaluate(
+    lik, prior, data: GridData, x, sigma, upper, models, native, targets, log_w, valid, ref=None
+):
+    """``(lw, chi2)`` of one row against a set of models (``-inf`` = excluded).
+
+    ``ref``: ``(model, native, targets, log_w)`` of one reference model: the log
+    weights are then ``lw - lw_ref``, computed from differences to it (accurate
+    for rows far from every model; ``chi2`` is not computed, zeros)."""
     xs, ss = data.to_likelihood_space(x, sigma)
-    ll, chi2 = lik.log_likelihood_and_chi2(xs, ss, models, upper)
-    lw = ll + prior_log_prob(prior, targets, native, x) + log_w
+    xn = data.native_row(x)
+    if ref is None:
+        ll, chi2 = lik.log_likelihood_and_chi2(xs, ss, models, upper)
+        lw = ll + prior_log_prob(prior, targets, native, xn) + log_w
+    else:
+        r_model, r_native, r_targets, r_log_w = ref
+        # model - reference from the native values (exact for close models), then scaled
+        delta = (native - r_native) / data.obs_std
+        ll = lik.log_likelihood_ratio(xs, ss, models, r_model, upper, delta)
+        lp = prior_log_prob(prior, targets, native, xn)
+        lp_ref = prior_log_prob(prior, r_targets[None], r_native[None], xn)[0]
+        lw = ll + (lp - lp_ref) + (log_w - r_log_w)
+        chi2 = jnp.zeros_like(lw)
     lw = jnp.where(valid & ~jnp.isnan(lw), lw, -jnp.inf)
     return lw, jnp.where(jnp.isfinite(lw), chi2, jnp.inf)
+
+
+def _needs_refinement(m, chi2_min):
+    """Rows whose log weights are large enough for float32 rounding to move weights."""
+    big = (jnp.abs(m) > REFINE_LOG_WEIGHT) | (chi2_min > 2.0 * REFINE_LOG_WEIGHT)
+    return jnp.isfinite(m) & big
+
+
+def _grid_ref(data: GridData, i):
+    """The `_evaluate` reference tuple of grid model ``i``."""
+    return data.models[i], data.models_native[i], data.targets[i], data.log_weights[i]
 
 
 def _scaled(lw, m):
@@ -303,11 +360,13 @@ def _pool_summaries(config, params, w, t, bins, hists=None, vals=None):
     return moments(w, t, params.edges, bins, scaled=(m, w), hists=hists, bin_values=vals)
 
 
-def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, dtype):
+def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, dtype, dof):
     """Per-row outputs: truncation bookkeeping, per-target stats, flags, clean-up."""
     nan = jnp.array(jnp.nan, dtype)
     has_mass = tot.W > 0
-    log_z = jnp.where(has_mass, tot.m + jnp.log(jnp.where(has_mass, tot.W, 1.0)), -jnp.inf)
+    # log weights may be relative to the row's best model (shift): log Z adds it back
+    log_z_rel = jnp.where(has_mass, tot.m + jnp.log(jnp.where(has_mass, tot.W, 1.0)), -jnp.inf)
+    log_z = tot.shift + log_z_rel
     sel, stats = kept.sel, kept.stats
     Wk = jnp.where(stats.W > 0, stats.W, 1.0)
     pos = jnp.arange(tot.top_vals.shape[0])
@@ -315,8 +374,11 @@ def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, 
     w_list = jnp.where(in_list & jnp.isfinite(tot.top_vals), jnp.exp(tot.top_vals - tot.m), 0.0)
     ess_before = tot.W**2 / jnp.where(tot.S2 > 0, tot.S2, 1.0)
     if config.truncate:
-        mass_kept = stats.W / jnp.where(has_mass, tot.W, 1.0)
-        cut_weight = jnp.where(has_mass, jnp.exp(sel.t - log_z), 0.0)
+        # at most 1: the kept and total sums may be summed in another order (blocked
+        # passes recompute the log weights), a rounding excess of ~1e-6 at most once
+        # large log weights are refined (`REFINE_LOG_WEIGHT`)
+        mass_kept = jnp.minimum(stats.W / jnp.where(has_mass, tot.W, 1.0), 1.0)
+        cut_weight = jnp.where(has_mass, jnp.exp(sel.t - log_z_rel), 0.0)
         ess_after = stats.W**2 / jnp.where(stats.S2 > 0, stats.S2, 1.0)
     else:
         mass_kept, cut_weight, ess_after = jnp.array(1.0, dtype), jnp.array(0.0, dtype), ess_before
@@ -332,6 +394,11 @@ def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, 
     no_mass = jnp.array(False)
     for hs in per_target:
         no_mass = no_mass | jnp.isnan(hs.mean)
+    # in-bin fraction of the kept (histogrammed) mass, per target
+    in_bins = [jnp.clip(jnp.sum(h) / Wk, 0.0, 1.0) for h in stats.hists]
+    low_mass = jnp.array(False)
+    for f in in_bins:
+        low_mass = low_mass | ((f > 0) & (f < MIN_MASS_IN_BINS))
 
     d = len(config.stat_cols)
     s2n = stats.S2 / Wk**2
@@ -347,6 +414,11 @@ def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, 
         status = status | jnp.where(kde_failed, int(Status.KDE_FALLBACK), 0)
     bad = (status & int(BAD_STATUS)) != 0
     status = status | jnp.where(no_mass & ~bad, int(Status.NO_MASS_IN_BINS), 0)
+    status = status | jnp.where(low_mass & ~bad, int(Status.LOW_MASS_IN_BINS), 0)
+    if params.poor_fit_chi2 is not None:
+        limit = params.poor_fit_chi2[jnp.clip(dof, 0, params.poor_fit_chi2.shape[0] - 1)]
+        poor = (dof > 0) & (tot.chi2_min > limit) & ~bad
+        status = status | jnp.where(poor, int(Status.POOR_FIT), 0)
 
     def clean(v):
         return jnp.where(bad, jnp.full_like(v, jnp.nan), v)
@@ -386,7 +458,14 @@ def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, 
         cov=clean(cov),
         pdf=tuple(clean(h.density) for h in per_target),
         pool_lw=jnp.zeros(0, dtype),
+        mass_in_bins=clean(jnp.stack(in_bins)) if d else jnp.zeros(0, dtype),
+        ref=jnp.where(bad, -1, tot.ref),
     )
+
+
+def _dof(data: GridData, lik, x, sigma, upper):
+    xs, ss = data.to_likelihood_space(x, sigma)
+    return lik.chi2_dof(xs, ss, upper)
 
 
 # --------------------------------------------------------- one block per row
@@ -420,12 +499,46 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
         models, native, targets, log_w, valid, _ = pool(x, sigma, upper, c, cmask)
         return _evaluate(lik, prior, data, x, sigma, upper, models, native, targets, log_w, valid)
 
+    def evaluate_ref(x, sigma, upper, c, cmask, pos):
+        """The row's log weights relative to its pool model ``pos``."""
+        models, native, targets, log_w, valid, _ = pool(x, sigma, upper, c, cmask)
+        ref = (models[pos], native[pos], targets[pos], log_w[pos])
+        return _evaluate(
+            lik, prior, data, x, sigma, upper, models, native, targets, log_w, valid, ref
+        )[0]
+
     rows = (chunk.x, chunk.sigma, chunk.upper, chunk.cand, chunk.cand_mask)
     lw, chi2 = jax.vmap(evaluate)(*rows)
     # Materialise the log weights and chi^2 once: otherwise XLA re-fuses the whole
     # likelihood into each consumer (chi2 min, max, exp, ...) and computes it ~3 times.
     lw, chi2 = lax.optimization_barrier((lw, chi2))
     m = jnp.max(lw, axis=1)
+    chi2_min = jnp.min(chi2, axis=1)
+    need = _needs_refinement(m, chi2_min)
+
+    # Rows far from every model: their log weights again, relative to their best model,
+    # one row at a time, updated in place (a loop of zero trips for ordinary chunks:
+    # no copy of the (rows, n) array, unlike a cond returning it).
+    order = jnp.nonzero(need, size=need.shape[0], fill_value=0)[0]
+
+    def refine_row(state):
+        k, lw_c, m_c, pos_c = state
+        r = order[k]
+        row = tuple(None if a is None else a[r] for a in rows)
+        pos = argmax_last(lw_c[r])
+        new = evaluate_ref(*row, pos)
+        lw_c = lax.dynamic_update_slice(lw_c, new[None, :], (r, jnp.zeros((), r.dtype)))
+        return k + 1, lw_c, m_c.at[r].set(jnp.max(new)), pos_c.at[r].set(pos)
+
+    zero = jnp.zeros(m.shape, jnp.int32)
+    n_refine = jnp.sum(need.astype(jnp.int32))
+    m_plain = m
+    _, lw, m, ref_pos = lax.while_loop(
+        lambda st: st[0] < n_refine, refine_row, (jnp.int32(0), lw, m, zero)
+    )
+    shift = jnp.where(need, m_plain, 0.0)
+    ref_idx = ref_pos if not cand else jnp.take_along_axis(chunk.cand, ref_pos[:, None], 1)[:, 0]
+    ref_idx = jnp.where(need, ref_idx, -1)
     w = _scaled(lw, m)
     W, S2 = jnp.sum(w, axis=1), jnp.sum(w * w, axis=1)
     # a float count (exact below 2^24 models): XLA's CPU int reduce materialises a copy;
@@ -438,7 +551,7 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
         else jnp.take_along_axis(jnp.where(chunk.cand_mask, chunk.cand, 0), top_pos, axis=1)
     )
     # (the bisection bracket's low end is found in the exact branch only: a full pass)
-    tot = _Totals(m, W, S2, n_valid, jnp.min(chi2, axis=1), m, top_vals, top_idx)
+    tot = _Totals(m, W, S2, n_valid, chi2_min, m, top_vals, top_idx, shift, ref_idx)
 
     # Whole grid: scatter-free histograms where the grid's order allows, and the
     # targets whose bins hold one value each (both planned on the host).
@@ -524,10 +637,10 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
             kept = lax.cond(jnp.all(fits), lambda _: listed(fast), exact, None)
 
     out = jax.vmap(
-        lambda tot_r, kept_r, x, sigma, cm: _finish_row(
-            config, params, tot_r, kept_r, x, sigma, cm, dtype
+        lambda tot_r, kept_r, x, sigma, upper, cm: _finish_row(
+            config, params, tot_r, kept_r, x, sigma, cm, dtype, _dof(data, lik, x, sigma, upper)
         )
-    )(tot, kept, chunk.x, chunk.sigma, chunk.cand_mask)
+    )(tot, kept, chunk.x, chunk.sigma, chunk.upper, chunk.cand_mask)
     if config.host_order:
         out = dataclasses.replace(out, pool_lw=lw)
     return out
@@ -571,18 +684,55 @@ def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> Chun
     L = config.list_k
     blocks = _blocks(config, data, model_bins)
 
-    def lw_of(x, sigma, upper, blk):
+    def plain_lw(x, sigma, upper, blk):
         models, native, targets, log_w, gidx, bins = blk
         return _evaluate(lik, prior, data, x, sigma, upper, models, native, targets, log_w, True)
+
+    def refined_lw(x, sigma, upper, blk, ref):
+        """Relative to grid model ``ref`` where ``ref >= 0``, else plain."""
+        models, native, targets, log_w, gidx, bins = blk
+        lw, chi2 = plain_lw(x, sigma, upper, blk)
+        lw_r, _ = _evaluate(
+            lik,
+            prior,
+            data,
+            x,
+            sigma,
+            upper,
+            models,
+            native,
+            targets,
+            log_w,
+            True,
+            _grid_ref(data, jnp.maximum(ref, 0)),
+        )
+        return jnp.where(ref >= 0, lw_r, lw), chi2
+
+    refine_chunk = None  # set after pass 1: does any row of the chunk need refinement
+
+    def lw_of(x, sigma, upper, blk, ref=None):
+        if ref is None:
+            return plain_lw(x, sigma, upper, blk)
+        # a chunk-level (unbatched) predicate: stays a cond under vmap, so chunks
+        # without refined rows pay nothing
+        return lax.cond(
+            refine_chunk,
+            lambda: refined_lw(x, sigma, upper, blk, ref),
+            lambda: plain_lw(x, sigma, upper, blk),
+        )
 
     def block_targets(x, sigma, upper, blk):
         models, _, targets, _, _, bins = blk
         t = _stat_columns(targets, config)
         return _shifted(config, data, lik, x, sigma, upper, models, t, bins, params.edges)
 
-    def pass1(x, sigma, upper):
+    def pass1(x, sigma, upper, ref=None):
         def absorb(acc, blk):
-            lw, chi2 = lw_of(x, sigma, upper, blk)
+            lw, chi2 = (
+                plain_lw(x, sigma, upper, blk)
+                if ref is None
+                else refined_lw(x, sigma, upper, blk, ref)
+            )
             gidx = blk[4]
             m_b = jnp.max(lw)
             m = m_b if acc is None else jnp.maximum(acc[0].m, m_b)
@@ -604,6 +754,8 @@ def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> Chun
                     lo_b,
                     vals,
                     gidx[pos],
+                    jnp.zeros((), dtype),
+                    jnp.int32(-1),
                 )
                 return tot, stats
             prev, pstats = acc
@@ -620,6 +772,8 @@ def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> Chun
                 jnp.minimum(prev.lo, lo_b),
                 vals,
                 jnp.concatenate([prev.top_idx, gidx])[pos],
+                prev.shift,
+                prev.ref,
             )
             return tot, None if stats is None else merge_moments(pstats, stats)
 
@@ -627,6 +781,21 @@ def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> Chun
 
     rows = (chunk.x, chunk.sigma, chunk.upper)
     tot, untrunc = jax.vmap(pass1)(*rows)
+    # rows far from every model: pass 1 again, relative to each one's best model
+    need = _needs_refinement(tot.m, tot.chi2_min)
+    refine_chunk = jnp.any(need)
+    ref = jnp.where(need, tot.top_idx[:, 0], -1)
+    shift = jnp.where(need, tot.m, 0.0)
+
+    def rerun():
+        # only the refined rows take the new pass: the others keep pass 1 bitwise
+        def pick(a, b):
+            return jnp.where(need.reshape(need.shape + (1,) * (a.ndim - 1)), a, b)
+
+        return jax.tree_util.tree_map(pick, jax.vmap(pass1)(*rows, ref), (tot, untrunc))
+
+    tot, untrunc = lax.cond(refine_chunk, rerun, lambda: (tot, untrunc))
+    tot = tot._replace(shift=shift, ref=ref)
 
     def listed_row(x, sigma, upper, tot_r: _Totals, sel: Selection):
         wk = jnp.where(jnp.arange(L) < sel.n_keep, _scaled(tot_r.top_vals, tot_r.m), 0.0)
@@ -647,7 +816,7 @@ def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> Chun
 
         def run(x, sigma, upper, tot_r: _Totals, sel: Selection):
             def kept_w(blk, seen):
-                lw, _ = lw_of(x, sigma, upper, blk)
+                lw, _ = lw_of(x, sigma, upper, blk, tot_r.ref)
                 above, at = lw > sel.t, (lw == sel.t) & jnp.isfinite(lw)
                 if every_valid:
                     keep = jnp.isfinite(lw)
@@ -710,7 +879,7 @@ def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> Chun
 
                 def stats_at(t):
                     def absorb(acc, blk):
-                        lw, _ = lw_of(x, sigma, upper, blk)
+                        lw, _ = lw_of(x, sigma, upper, blk, tot_r.ref)
                         w = _scaled(lw, tot_r.m)
                         ge, gt = lw >= t, lw > t
                         return (
@@ -746,10 +915,10 @@ def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> Chun
         )
 
     return jax.vmap(
-        lambda tot_r, kept_r, x, sigma: _finish_row(
-            config, params, tot_r, kept_r, x, sigma, None, dtype
+        lambda tot_r, kept_r, x, sigma, upper: _finish_row(
+            config, params, tot_r, kept_r, x, sigma, None, dtype, _dof(data, lik, x, sigma, upper)
         )
-    )(tot, kept, chunk.x, chunk.sigma)
+    )(tot, kept, chunk.x, chunk.sigma, chunk.upper)
 
 
 @eqx.filter_jit
@@ -773,11 +942,12 @@ def pool_log_weights(
     """``(rows, block_size)`` log weights of a chunk's rows over model block ``block``
     of the grid (or over each row's candidates): what the host needs to list the
     kept models of rows whose kept set is longer than ``list_k``. Same arithmetic
-    as `chunk_step` (`_evaluate`)."""
+    as `chunk_step` (`_evaluate`): rows with ``chunk.ref >= 0`` (the step's
+    `ChunkOutput.ref`) relative to that grid model, as the step refined them."""
     global _POOL_TRACES
     _POOL_TRACES += 1
 
-    def row(x, sigma, upper, c, cmask):
+    def row(x, sigma, upper, c, cmask, ref):
         if c is None:
             B = config.block_size
             start = block * B
@@ -791,8 +961,11 @@ def pool_log_weights(
             safe = jnp.where(cmask, c, 0)
             models, native = data.models[safe], data.models_native[safe]
             targets, log_w, valid = data.targets[safe], data.log_weights[safe], cmask
-        return _evaluate(
-            likelihood, prior, data, x, sigma, upper, models, native, targets, log_w, valid
-        )[0]
+        args = (likelihood, prior, data, x, sigma, upper, models, native, targets, log_w, valid)
+        lw = _evaluate(*args)[0]
+        if ref is None:
+            return lw
+        lw_r = _evaluate(*args, _grid_ref(data, jnp.maximum(ref, 0)))[0]
+        return jnp.where(ref >= 0, lw_r, lw)
 
-    return jax.vmap(row)(chunk.x, chunk.sigma, chunk.upper, chunk.cand, chunk.cand_mask)
+    return jax.vmap(row)(chunk.x, chunk.sigma, chunk.upper, chunk.cand, chunk.cand_mask, chunk.ref)

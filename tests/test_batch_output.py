@@ -57,7 +57,7 @@ def test_hdf5_layout_and_contents_match_returned_results(setup, tmp_path):
         for k in ("mass_kept", "ess_after", "cut_weight"):
             np.testing.assert_array_equal(f[f"truncation/{k}"][i], r["truncation"][k])
         for name in ("t0", "t1"):
-            for k in ("mean", "std", "map", "median", "lo68", "hi68", "nmodes"):
+            for k in ("mean", "std", "map", "median", "lo68", "hi68", "nmodes", "mass_in_bins"):
                 np.testing.assert_array_equal(f[f"stats/{name}/{k}"][i], r["stats"][name][k])
             np.testing.assert_array_equal(
                 f[f"stats/{name}/posts_target"][i], r["posts_target"][name]

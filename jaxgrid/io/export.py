@@ -68,7 +68,11 @@ def _from_hdf5(path, group: str) -> tuple[dict[str, np.ndarray], list[str]]:
         out["mass_kept"] = g["truncation/mass_kept"][...][written]
         for name in names:
             for f_ in STAT_FIELDS:
-                out[f"{name}_{f_}"] = g[f"stats/{name}/{f_}"][...][written]
+                key = f"stats/{name}/{f_}"
+                if key not in g and f_ == "mass_in_bins":  # a file from before it existed
+                    out[f"{name}_{f_}"] = np.full(int(written.sum()), np.nan)
+                    continue
+                out[f"{name}_{f_}"] = g[key][...][written]
     return out, names
 
 
@@ -82,7 +86,7 @@ def results_to_table(
 ) -> Table:
     """One row per object: ``m`` (and ``id``), ``status``, ``log_evidence``,
     ``chi2_min``, ``best``, ``n_after``, ``mass_kept`` and, per summarised
-    target, ``<target>_{mean,std,map,median,lo68,hi68,nmodes}``.
+    target, ``<target>_{mean,std,map,median,lo68,hi68,nmodes,mass_in_bins}``.
 
     ``results``: a list of per-object dicts (``return_mode="iter"/"list"``),
     an iterable of per-chunk dicts (``"chunks"``), or the path of an HDF5
@@ -114,7 +118,7 @@ def results_to_table(
         unit = (units or {}).get(name)
         if unit:
             for f in STAT_FIELDS:
-                if f != "nmodes":
+                if f not in ("nmodes", "mass_in_bins"):  # a count, a fraction
                     t[f"{name}_{f}"].unit = unit
     t.meta["STATSFOR"] = ",".join(names)  # a FITS-safe header keyword
     return t

@@ -10,7 +10,8 @@ Layout of a result group (M = catalog rows, D = summarised targets)::
     truncation/{level, n_before, n_after, mass_kept, mass_dropped, cut_weight,
                 ess_before, ess_after} (M,)
     candidates/candidates, candidates/post_models   variable length per row
-    stats/<target>/{bins, mean, std, map, median, lo68, hi68, nmodes[, posts_target (M, K)]}
+    stats/<target>/{bins, mean, std, map, median, lo68, hi68, nmodes, mass_in_bins[,
+                    posts_target (M, K)]}
     stats/cov/{keys (D,), cov (M, D, D)}
     log_evidence, chi2_min, best (M,)
 
@@ -85,7 +86,8 @@ TRUNCATION_FIELDS = (
     "ess_before",
     "ess_after",
 )
-STAT_FIELDS = ("mean", "std", "map", "median", "lo68", "hi68", "nmodes")
+#: per-target summaries; ``mass_in_bins``: the fraction of the kept mass inside the bins
+STAT_FIELDS = ("mean", "std", "map", "median", "lo68", "hi68", "nmodes", "mass_in_bins")
 _INT_FIELDS = {"level", "n_before", "n_after", "nmodes"}
 _CANDIDATES = ("candidates/candidates", "candidates/post_models")
 _FLAGS_HINT = (
@@ -576,6 +578,9 @@ class GridFitHDF5Writer:
             arrays[f"truncation/{f}"] = res[f]
         for j, name in enumerate(self.stats_targets):
             for f in STAT_FIELDS:
+                if f == "mass_in_bins" and f not in res:  # optional for a writer's caller
+                    arrays[f"stats/{name}/{f}"] = np.full(rows.size, np.nan)
+                    continue
                 arrays[f"stats/{name}/{f}"] = np.asarray(res[f])[:, j]
             if self.return_pdf:
                 arrays[f"stats/{name}/posts_target"] = res["pdf"][j]

@@ -91,6 +91,29 @@ class AbstractLikelihood(eqx.Module):
     def chi2(self, x, sigma, models, upper=None) -> Float[Array, " cand"]:
         return self.log_likelihood_and_chi2(x, sigma, models, upper)[1]
 
+    def log_likelihood_ratio(
+        self, x, sigma, models, ref: Float[Array, " obs"], upper=None, delta=None
+    ) -> Float[Array, " cand"]:
+        """``log L(models) - log L(ref)`` per model, for one reference model ``ref`` (P,).
+
+        The batch step uses it for rows far from every model (``|log L|`` of 1e5 and
+        more), where float32 ``log L`` values themselves carry rounding of order 0.01
+        and more. Default: the plain difference. Gaussian likelihoods evaluate it
+        from differences to the reference model, accurate to float32 rounding of
+        the *difference* whatever the size of ``log L``; ``delta`` (Nc, P), when
+        given, is ``models - ref`` computed more accurately by the caller (from
+        native values: z-scored models carry their own rounding).
+        """
+        ll = self.log_likelihood(x, sigma, models, upper)
+        return ll - self.log_likelihood(x, sigma, ref[None, :], upper)[0]
+
+    def chi2_dof(self, x, sigma, upper=None) -> Array:
+        """Degrees of freedom of this row's ``chi2`` (the bands in it less the
+        fitted parameters), or ``-1`` when ``chi2`` is not a chi-square statistic
+        (the default ``chi2 = -2 log L``). The batch fitter flags ``POOR_FIT``
+        from it."""
+        return jnp.asarray(-1, jnp.int32)
+
     def resolve(self, target_names: Sequence[str]) -> AbstractLikelihood:
         """This likelihood with target names replaced by indices (extensive targets)."""
         return self
@@ -146,6 +169,37 @@ def _gaussian_sums(
     return const - 0.5 * chi2 + limits, chi2, jnp.any(usable)
 
 
+def _gaussian_bands(x, sigma, upper, floor, scale):
+    """``(h, usable, gauss)`` of one row, as in `_gaussian_sums`."""
+    h = jnp.maximum(scale * sigma, floor)
+    usable = jnp.isfinite(x) & jnp.isfinite(h) & (h > 0)
+    gauss = usable if upper is None else usable & ~upper
+    return h, usable, gauss
+
+
+def _gaussian_ratio(x, sigma, models, ref, upper, floor, scale, limit_kind, delta) -> Array:
+    """``log L_i - log L_ref`` of `_gaussian_sums`, from differences to the reference:
+    ``r_i^2 - r_ref^2 = d (d + 2 c)`` with ``d = (m_i - m_ref) / h`` and
+    ``c = (m_ref - x) / h`` per band. Near the reference (the models that carry
+    weight) ``d`` is small and exact to float32 rounding, so the difference is
+    accurate even when ``r^2`` is 1e5 (a band far from every model); the
+    normalisation constant cancels."""
+    h, usable, gauss = _gaussian_bands(x, sigma, upper, floor, scale)
+    xs = jnp.where(usable, x, 0.0)
+    inv_h = 1.0 / jnp.where(usable, h, 1.0)
+    sign = 1.0 if limit_kind == "flux" else -1.0
+    out = jnp.zeros(models.shape[0], dtype=models.dtype)
+    for j in range(models.shape[1]):
+        d = (models[:, j] - ref[j] if delta is None else delta[:, j]) * inv_h[j]
+        c = (ref[j] - xs[j]) * inv_h[j]
+        out = out + jnp.where(gauss[j], -0.5 * d * (d + 2.0 * c), 0.0)
+        if upper is not None:
+            r = (models[:, j] - xs[j]) * inv_h[j]
+            lim = log_ndtr(-sign * r) - log_ndtr(-sign * c)
+            out = out + jnp.where(upper[j] & usable[j], lim, 0.0)
+    return out
+
+
 class GaussianProductLikelihood(AbstractLikelihood):
     """Product of independent Gaussians with a bandwidth floor.
 
@@ -178,6 +232,17 @@ class GaussianProductLikelihood(AbstractLikelihood):
 
     def log_likelihood(self, x, sigma, models, upper=None):
         return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
+
+    def log_likelihood_ratio(self, x, sigma, models, ref, upper=None, delta=None):
+        _, usable, _ = _gaussian_bands(x, sigma, upper, self.bandwidth_floor, self.scale)
+        out = _gaussian_ratio(
+            x, sigma, models, ref, upper, self.bandwidth_floor, self.scale, self.limit_kind, delta
+        )
+        return jnp.where(jnp.any(usable), out, -jnp.inf)
+
+    def chi2_dof(self, x, sigma, upper=None):
+        _, _, gauss = _gaussian_bands(x, sigma, upper, self.bandwidth_floor, self.scale)
+        return jnp.sum(gauss).astype(jnp.int32)
 
 
 class CensoredSizeLikelihood(AbstractLikelihood):
@@ -244,6 +309,12 @@ class CensoredSizeLikelihood(AbstractLikelihood):
     def log_likelihood(self, x, sigma, models, upper=None):
         return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
 
+    def chi2_dof(self, x, sigma, upper=None):
+        phot = jnp.asarray(self.phot_indices)
+        up = None if upper is None else upper[phot]
+        _, _, gauss = _gaussian_bands(x[phot], sigma[phot], up, self.bandwidth_floor, self.scale)
+        return jnp.sum(gauss).astype(jnp.int32)
+
 
 class CompositeLikelihood(AbstractLikelihood):
     """Sum of likelihood terms (each sees the full row): ``log L = sum_k log L_k``."""
@@ -273,3 +344,15 @@ class CompositeLikelihood(AbstractLikelihood):
 
     def log_likelihood(self, x, sigma, models, upper=None):
         return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
+
+    def log_likelihood_ratio(self, x, sigma, models, ref, upper=None, delta=None):
+        out = self.terms[0].log_likelihood_ratio(x, sigma, models, ref, upper, delta)
+        for t in self.terms[1:]:
+            out = out + t.log_likelihood_ratio(x, sigma, models, ref, upper, delta)
+        return out
+
+    def chi2_dof(self, x, sigma, upper=None):
+        dofs = [t.chi2_dof(x, sigma, upper) for t in self.terms]
+        total = sum(dofs[1:], dofs[0])
+        known = jnp.all(jnp.stack([d >= 0 for d in dofs]))
+        return jnp.where(known, total, -1).astype(jnp.int32)

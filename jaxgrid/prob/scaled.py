@@ -189,6 +189,12 @@ class ScaledGaussianLikelihood(AbstractLikelihood):
     def log_likelihood(self, x, sigma, models, upper=None):
         return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
 
+    def chi2_dof(self, x, sigma, upper=None):
+        """The Gaussian bands (non-detections included with ``"zero_flux"``) less the
+        fitted amplitude."""
+        _, _, gauss, _ = self._bands(x, sigma, upper)
+        return jnp.maximum(jnp.sum(gauss) - 1, 0).astype(jnp.int32)
+
     def amplitude(self, x, sigma, models, upper=None):
         """The profile amplitude ``a*`` (>= 0) of each model."""
         t = self._amplitude_terms(x, sigma, models, upper)
