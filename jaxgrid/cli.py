@@ -470,15 +470,20 @@ def _info(path: Path) -> int:
             grids = [g for g in groups if "observable_names" in f[g].attrs]
             for g in results:
                 cfg = json.loads(f[g].attrs["configuration"])
-                from .io.results import read_index
+                from .io.results import pending_note, read_index
 
                 st, flags = read_index(f[g])
+                n_models = (cfg.get("grid") or {}).get("n_models")
+                models = f"; grid {n_models:,} models" if isinstance(n_models, int) else ""
+                stats = f"; stats {cfg['stats_for']}" if "stats_for" in cfg else ""
                 print(
                     f"result group /{g}: {st.size:,} rows, {int(np.sum(st != 0)):,} written "
                     f"({int(np.sum(st == 1)):,} ok, {int(np.sum(st == -1)):,} flagged, "
-                    f"{int(np.sum(st == 0)):,} not written); grid {cfg['grid']['n_models']:,} "
-                    f"models; stats {cfg['stats_for']}"
+                    f"{int(np.sum(st == 0)):,} not written){models}{stats}"
                 )
+                note = pending_note(path, "/" + g)
+                if note:
+                    print(f"  {note}")
                 from .engine import Status
 
                 counts = {s.name: int(np.sum((flags & int(s)) != 0)) for s in Status if s}

@@ -5,7 +5,8 @@ usage: python batch_worker.py write OUT.h5 [resume] [sleep] [pause]
 
 ``JAXGRID_TEST_CRASH`` makes a writing worker kill itself with SIGKILL at a chosen
 instant: ``record:N`` halfway through writing the N-th journal record (a torn
-tail), ``assemble`` in the middle of assembling the HDF5 file. ``pause`` waits
+tail), ``assemble`` in the middle of assembling the HDF5 file, ``import:N`` at the
+N-th record of a resumed group being copied into a new journal. ``pause`` waits
 after the first chunk until ``OUT.h5.go`` exists.
 """
 
@@ -77,6 +78,22 @@ def install_crash(spec: str) -> None:
             replay(self, g, rec)
 
         results.GridFitHDF5Writer._replay = dying_replay
+    elif spec.startswith("import:"):
+        target, imp = int(spec.split(":")[1]), results.GridFitHDF5Writer._import
+
+        def dying_import(self, g, journal):
+            append, calls = journal.append, [0]
+
+            def counted(payload, sync):
+                calls[0] += 1
+                if calls[0] == target:
+                    die()
+                append(payload, sync)
+
+            journal.append = counted
+            imp(self, g, journal)
+
+        results.GridFitHDF5Writer._import = dying_import
 
 
 def main():

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from .results import STAT_FIELDS, read_index
+from .results import STAT_FIELDS, pending_note, read_index
+
+logger = logging.getLogger("jaxgrid")
 
 __all__ = ["results_to_table", "write_results", "read_results", "to_qp"]
 
@@ -50,13 +53,21 @@ def _from_objects(objs: list[dict[str, Any]], names: list[str]) -> dict[str, np.
     return out
 
 
+def _result_group(f, path, group: str, who: str):
+    """``f[group]``, with a word about an unfinished run's journal (newer results)."""
+    note = pending_note(path, group)
+    if group not in f:
+        raise KeyError(f"{who}: {path} has no group {group!r}" + (f"; {note}." if note else "."))
+    if note:
+        logger.warning("jaxgrid: %s: %s.", path, note)
+    return f[group]
+
+
 def _from_hdf5(path, group: str) -> tuple[dict[str, np.ndarray], list[str]]:
     import h5py
 
     with h5py.File(path, "r") as f:
-        if group not in f:
-            raise KeyError(f"results_to_table: {path} has no group {group!r}.")
-        g = f[group]
+        g = _result_group(f, path, group, "results_to_table")
         written, status = read_index(g)
         written = written != 0
         names = [k.decode() for k in g["stats/cov/keys"][...]] if "stats/cov/keys" in g else []
@@ -185,7 +196,7 @@ def to_qp(
         import h5py
 
         with h5py.File(source, "r") as f:
-            g = f[group]
+            g = _result_group(f, source, group, "to_qp")
             base = f"stats/{target}"
             if f"{base}/posts_target" not in g:
                 raise KeyError(

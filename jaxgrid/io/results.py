@@ -28,24 +28,30 @@ to a *journal* beside it (``<file>.<group>.journal``) as one framed record
 (magic, length, CRC-32, then the chunk's arrays), made durable with ``fsync`` at
 least every ``flush_every`` rows. A record whose frame or checksum is incomplete is
 a torn tail: it is cut off when the journal is reopened, and its rows count as not
-written. When the writer closes (also after an exception), the group is assembled
-from the journal into a new file ``<file>.tmp-<pid>`` (with every other group of the
-existing file copied over), which then atomically replaces the file. A kill at any
+written. When the writer closes, the group is assembled from the journal into a new
+file ``<file>.tmp-<pid>``, which then atomically replaces the file: a file holding
+only this group is written afresh; one with other content is copied byte for byte
+and only this group is replaced in the copy (links, references and dimension scales
+elsewhere stay intact; the group's own extra attributes are kept). A kill at any
 instant therefore leaves either the old file or the new one, and the journal;
-``resume=True`` continues from the journal. Once every row is written the journal
-is deleted. While a journal exists the file needs about twice the result size on
-disk; both steps check the free space first and raise `OSError` (ENOSPC) naming
-the path and the bytes needed.
+``resume=True`` continues from the journal. Resuming a group assembled earlier
+copies its rows into a new journal that appears, by rename, only once complete.
+Once every row is written the journal is deleted. While a journal exists the file
+needs about twice the result size on disk; both steps check the free space first
+and raise `OSError` (ENOSPC) naming the path and the bytes needed.
 
 A lock file ``<file>.lock`` (pid, host, process start time) keeps a second writer off
 the same file even where HDF5 file locking is disabled; a lock whose process is gone
-(same host) is taken over.
+(same host) is taken over, contenders serialising on ``flock``. A symlinked output
+is followed: lock, journal and replacement act on the file it names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import glob
 import io
 import json
 import logging
@@ -54,6 +60,7 @@ import shutil
 import socket
 import struct
 import time
+import urllib.parse
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +75,9 @@ __all__ = [
     "read_fit_results",
     "read_index",
     "journal_path",
+    "pending_journal",
+    "pending_note",
+    "group_name",
     "check_output",
     "TRUNCATION_FIELDS",
     "STAT_FIELDS",
@@ -137,11 +147,38 @@ def read_index(g: h5py.Group) -> tuple[np.ndarray, np.ndarray]:
     return g["index/status"][...], g["index/flags"][...]
 
 
+def group_name(group: str) -> str:
+    """``group`` as an absolute HDF5 path; the root itself is refused (it holds the
+    file's other groups, which a result group must not replace)."""
+    if not isinstance(group, str):
+        raise TypeError(f"`output_hdf5_group` must be a string, got {group!r}.")
+    name = "/" + "/".join(part for part in group.split("/") if part)
+    if name == "/":
+        raise ValueError(
+            f"`output_hdf5_group` {group!r} is the file's root; name a group below it, "
+            "e.g. '/fit_batch'."
+        )
+    return name
+
+
 def journal_path(path: str | Path, group: str) -> Path:
-    """The journal of ``group`` beside ``path`` (exists while a run is unfinished)."""
+    """The journal of ``group`` beside ``path`` (exists while a run is unfinished). The
+    group name is percent-encoded, so that no two groups share a journal."""
     path = Path(path)
-    slug = group.strip("/").replace("/", ".") or "root"
+    slug = urllib.parse.quote(group_name(group).strip("/"), safe="")
     return path.with_name(f"{path.name}.{slug}.journal")
+
+
+def _real(path: str | Path) -> Path:
+    """The file a (possibly symlinked) output path names: the lock, the journal and the
+    atomic replacement all act on it, not on the link."""
+    return Path(os.path.realpath(path))
+
+
+def pending_journal(path: str | Path, group: str) -> Path | None:
+    """The journal of an unfinished run of ``group`` beside ``path``, or None."""
+    j = journal_path(_real(path), group)
+    return j if j.exists() else None
 
 
 # ------------------------------------------------------------------------------------ lock
@@ -181,6 +218,34 @@ class _OutputLock:
         except (OSError, ValueError):
             return {}
 
+    @staticmethod
+    def _stale(owner: dict[str, Any]) -> bool:
+        """The owner is a process of this host that is gone (a lock from another host
+        cannot be checked from here, and an unreadable one is nobody's we know)."""
+        return (
+            owner.get("host") == socket.gethostname()
+            and isinstance(owner.get("pid"), int)
+            and not _alive(owner["pid"], owner.get("start"))
+        )
+
+    def _in_use(self, owner: dict[str, Any]) -> OutputInUseError:
+        if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+            who = "another writer of this process (close it first)"
+        elif owner:
+            who = f"pid {owner.get('pid')} on host {owner.get('host')} since {owner.get('since')}"
+        else:
+            who = "an unknown process"
+        return OutputInUseError(
+            f"{self.path.with_suffix('')} is being written by {who} (lock file {self.path}); "
+            "wait for that run to end, or, if it is gone, delete the lock file."
+        )
+
+    def refuse_if_held(self) -> None:
+        """Raise `OutputInUseError` if a live (or unverifiable) writer holds the lock."""
+        owner = self._owner()
+        if owner is not None and not self._stale(owner):
+            raise self._in_use(owner)
+
     def acquire(self) -> _OutputLock:
         me = {
             "pid": os.getpid(),
@@ -191,8 +256,13 @@ class _OutputLock:
         # the lock appears with its content or not at all: a private file, hard-linked
         # to the lock name (link(2) fails if the name exists; atomic, NFS included)
         mine = self.path.with_name(f"{self.path.name}.{me['host']}.{me['pid']}")
-        mine.write_text(json.dumps(me))
         try:
+            try:
+                mine.write_text(json.dumps(me))
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise _no_space(self.path, 4096, cause=err.strerror) from err
+                raise
             return self._take(me, mine)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -206,34 +276,41 @@ class _OutputLock:
                 owner = self._owner()
                 if owner is None:
                     continue  # released meanwhile
-                stale = (
-                    owner.get("host") == me["host"]
-                    and isinstance(owner.get("pid"), int)
-                    and not _alive(owner["pid"], owner.get("start"))
-                )
-                if not stale:
-                    who = (
-                        f"pid {owner.get('pid')} on host {owner.get('host')} since "
-                        f"{owner.get('since')}"
-                        if owner
-                        else "an unknown process"
-                    )
-                    raise OutputInUseError(
-                        f"{self.path.with_suffix('')} is being written by {who} (lock file "
-                        f"{self.path}); wait for that run to end, or, if it is gone, delete "
-                        "the lock file."
-                    ) from None
-                # take the stale lock over: only one contender's rename succeeds
-                aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(self.path, aside)
-                    aside.unlink()
-                    logger.info("jaxgrid: took over the stale lock %s (%s).", self.path, owner)
+                if not self._stale(owner):
+                    raise self._in_use(owner) from None
+                self._remove_stale(owner)
                 continue
             self.held = True
             self._me = me
             return self
         raise OutputInUseError(f"could not take the lock {self.path}; try again.")
+
+    def _remove_stale(self, owner: dict[str, Any]) -> None:
+        """Delete the lock file if it still is the stale ``owner``'s. Contenders for a
+        stale lock serialise on ``flock`` of the lock file's inode, and each deletes only
+        the inode it holds: none can delete a lock that another has just taken."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except PermissionError:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            with contextlib.suppress(OSError):  # no flock (some network file systems)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                return
+            try:
+                still = json.loads(os.pread(fd, 1 << 16, 0) or b"{}") == owner
+            except ValueError:
+                still = False
+            if same and still:
+                os.unlink(self.path)
+                logger.info("jaxgrid: took over the stale lock %s (%s).", self.path, owner)
+        finally:
+            os.close(fd)  # releases the flock
 
     def release(self) -> None:
         if self.held and self._owner() == self._me:
@@ -278,8 +355,10 @@ class _Journal:
         return _FRAME.pack(_MAGIC, kind, len(payload), zlib.crc32(payload)) + payload
 
     @classmethod
-    def create(cls, path: Path, header: dict[str, Any]) -> _Journal:
-        """A new journal holding only its header, made durable before it appears."""
+    def create(cls, path: Path, header: dict[str, Any], fill=None) -> _Journal:
+        """A new journal: its header, then what ``fill(journal)`` appends (the rows of
+        an earlier group being continued), written under a temporary name and renamed
+        into place once durable — a kill meanwhile leaves no journal, only the group."""
         data = cls._frame(_HEADER, json.dumps(header, sort_keys=True).encode())
         tmp = path.with_name(path.name + ".new")
         _check_space(path, len(data) + 2**16)
@@ -287,16 +366,26 @@ class _Journal:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
         except OSError as err:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise _no_space(path, len(data), cause=err.strerror) from err
             raise
+        journal = cls(tmp, header, os.open(tmp, os.O_RDWR | os.O_APPEND), len(data))
+        try:
+            if fill is not None:
+                fill(journal)
+            journal.sync()
+            os.replace(tmp, path)
+        except BaseException:
+            journal.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        journal.path = path
         _fsync_dir(path.parent)
-        return cls(path, header, os.open(path, os.O_RDWR | os.O_APPEND), len(data))
+        return journal
 
     @classmethod
     def open(cls, path: Path) -> _Journal:
@@ -386,14 +475,16 @@ def _fsync_dir(path: Path) -> None:
 # ---------------------------------------------------------------------------------- checks
 def check_output(path: str | Path, group: str, overwrite: bool, resume: bool) -> None:
     """Refuse an output that cannot be used, before any work: ``resume`` with
-    ``overwrite``, a directory, a missing or read-only folder, an unreadable existing
-    file, an existing group or unfinished journal without ``overwrite``/``resume``."""
-    path = Path(path)
+    ``overwrite``, the root group, a directory, a missing or read-only folder, an
+    unreadable existing file, a live writer's lock, an existing group or unfinished
+    journal without ``overwrite``/``resume``."""
     if overwrite and resume:
         raise ValueError(
             "choose one of output_hdf5_overwrite=True (CLI: --overwrite, start again) and "
             "resume=True (CLI: --resume, continue)."
         )
+    group = group_name(group)
+    path = _real(path)
     if path.is_dir():
         raise IsADirectoryError(
             errno.EISDIR, f"the output {path} is a directory; give a file name", str(path)
@@ -406,6 +497,7 @@ def check_output(path: str | Path, group: str, overwrite: bool, resume: bool) ->
         raise PermissionError(
             errno.EACCES, f"the output folder {path.parent} is not writable", str(path.parent)
         )
+    _OutputLock(path).refuse_if_held()
     if path.exists():
         try:
             with h5py.File(path, "r") as f:
@@ -435,15 +527,17 @@ class GridFitHDF5Writer:
     """Writes batch-fit results into an HDF5 group, chunk by chunk, crash-safely.
 
     Args:
-        path: the HDF5 file (created if needed; its other groups are kept).
-        group: the group to write.
+        path: the HDF5 file (created if needed; its other groups are kept). A
+            symlink is followed: the file it names is written.
+        group: the group to write (not the root).
         n_rows: catalog length M.
         configuration: JSON-able dict of the run's settings (stored as the
             group's ``configuration`` attribute; ``resume`` requires equality).
         stats_targets: names of summarised targets; ``stats_bins`` their edges.
         return_pdf: also store ``posts_target`` (M, K) per target.
         overwrite: replace an existing group. resume: continue an existing group or
-            unfinished journal with the same configuration (``ValueError`` otherwise).
+            unfinished journal with the same configuration, rows, targets, bins and
+            ``return_pdf`` (``ValueError`` otherwise).
         compression: HDF5 filter of the fixed-size datasets (``compression_opts`` its level).
         flush_every: ``fsync`` the journal after at least this many rows (every chunk
             is written to the journal at once: a killed process loses nothing written;
@@ -451,7 +545,8 @@ class GridFitHDF5Writer:
 
     Use as a context manager; ``write(rows, results)`` commits a chunk,
     ``mark_failed(rows)`` flags rows (written -1) without results. The HDF5 group is
-    (re)assembled when the writer closes; see the module docstring.
+    (re)assembled when the writer closes normally; closing on an exception leaves
+    the file as it was and the journal for a resume. See the module docstring.
     """
 
     def __init__(
@@ -469,8 +564,8 @@ class GridFitHDF5Writer:
         compression_opts: int | None = 4,
         flush_every: int = 256,
     ):
-        self.path, self.group_name, self.n_rows = Path(path), group, int(n_rows)
-        check_output(self.path, group, overwrite, resume)
+        check_output(path, group, overwrite, resume)
+        self.path, self.group_name, self.n_rows = _real(path), group_name(group), int(n_rows)
         self.stats_targets = list(stats_targets)
         self.stats_bins = [np.asarray(b, np.float64) for b in stats_bins]
         self.return_pdf = bool(return_pdf)
@@ -479,57 +574,73 @@ class GridFitHDF5Writer:
         self._fields = _row_fields(self.stats_targets, self.stats_bins, self.return_pdf)
         self._since_sync = 0
         self._config_text = json.dumps(configuration, sort_keys=True)
-        self._lock = _OutputLock(self.path).acquire()
-        self._journal = None
-        try:
-            for stale in self.path.parent.glob(f"{self.path.name}.tmp-*"):
-                stale.unlink()  # an assembly killed midway (we hold the lock)
-            self._written = np.zeros(self.n_rows, np.int8)
-            self._open_journal(overwrite, resume)
-        except BaseException:
-            if self._journal is not None:
-                self._journal.close()
-            self._lock.release()
-            raise
-
-    def _open_journal(self, overwrite: bool, resume: bool) -> None:
-        jpath = journal_path(self.path, self.group_name)
-        header = {
+        self._header = {
             "format": FORMAT,
+            "group": self.group_name,
             "configuration": self._config_text,
             "n_rows": self.n_rows,
             "stats_targets": self.stats_targets,
             "stats_bins": [b.tolist() for b in self.stats_bins],
             "return_pdf": self.return_pdf,
         }
+        self._lock = _OutputLock(self.path).acquire()
+        self._journal = None
+        self._continue_group = False  # the group is imported into a journal at the first write
+        self._closed = False
+        self._appended = 0  # rows committed by this writer
+        try:
+            # leftovers of a killed assembly or import (we hold the lock)
+            jpath = journal_path(self.path, self.group_name)
+            for stale in glob.glob(glob.escape(str(self.path)) + ".tmp-*"):
+                Path(stale).unlink()
+            with contextlib.suppress(FileNotFoundError):
+                jpath.with_name(jpath.name + ".new").unlink()
+            self._written = np.zeros(self.n_rows, np.int8)
+            self._open_journal(jpath, resume)
+        except BaseException:
+            if self._journal is not None:
+                self._journal.close()
+            self._lock.release()
+            raise
+
+    def _open_journal(self, jpath: Path, resume: bool) -> None:
         if jpath.exists() and resume:
             self._journal = _Journal.open(jpath)
-            _same_configuration(
-                self._journal.header["configuration"], self._config_text, self.group_name, jpath
-            )
+            self._same_header(self._journal.header, jpath)
             for rec in self._journal.records():
                 self._written[rec["rows"]] = rec["index/written"]
             return
-        self._journal = _Journal.create(jpath, header)
         if resume and self.path.exists():
-            try:
-                with h5py.File(self.path, "r") as f:
-                    if self.group_name in f:
-                        self._import(f[self.group_name])
-            except BaseException:
-                self._journal.close()
-                jpath.unlink()  # a journal of nothing would block the next run
-                self._journal = None
-                raise
+            with h5py.File(self.path, "r") as f:
+                if self.group_name in f:
+                    self._check_group(f[self.group_name])
+                    self._written[:] = read_index(f[self.group_name])[0]
+                    # nothing is copied until a row is written: resuming a complete
+                    # group changes nothing
+                    self._continue_group = True
+                    return
+        self._journal = _Journal.create(jpath, self._header)
 
-    def _import(self, g: h5py.Group) -> None:
-        """Continue a group assembled earlier: its written rows become journal records."""
+    def _same_header(self, stored: dict[str, Any], where: Path) -> None:
+        _same_configuration(
+            stored.get("configuration", ""), self._config_text, self.group_name, where
+        )
+        keys = [k for k in self._header if k != "format" and stored.get(k) != self._header[k]]
+        if keys:
+            raise ValueError(
+                f"resume: {where} was written for other {', '.join(keys)} than this writer's "
+                f"({', '.join(f'{k}={self._header[k]!r}' for k in keys)[:300]}); resume with "
+                "the same ones, or overwrite (output_hdf5_overwrite=True, CLI: --overwrite)."
+            )
+
+    def _check_group(self, g: h5py.Group) -> None:
+        """An existing group can be continued: same configuration, every dataset there,
+        ``n_rows`` rows."""
         _same_configuration(
             g.attrs.get("configuration", ""), self._config_text, self.group_name, self.path
         )
         new = "index/written" in g
-        names = [name for name, *_ in self._fields]
-        for name in names + list(_CANDIDATES):
+        for name in [name for name, *_ in self._fields] + list(_CANDIDATES):
             stored = name
             if not new and name in ("index/written", "index/status"):
                 stored = {"index/written": "index/status", "index/status": "index/flags"}[name]
@@ -539,6 +650,31 @@ class GridFitHDF5Writer:
                     f"{stored!r} (damaged, or not written by jaxgrid); rerun with "
                     "output_hdf5_overwrite=True (CLI: --overwrite)."
                 )
+        if "index/m" in g and g["index/m"].shape != (self.n_rows,):
+            raise ValueError(
+                f"resume: group {self.group_name!r} in {self.path} has "
+                f"{g['index/m'].shape[0]} rows, this writer {self.n_rows}; resume with the "
+                "same catalog, or overwrite (output_hdf5_overwrite=True, CLI: --overwrite)."
+            )
+
+    def _journal_for_writing(self) -> _Journal:
+        if self._closed:
+            raise RuntimeError(
+                f"GridFitHDF5Writer for {self.path} ({self.group_name}) is closed; open a new "
+                "one with resume=True to write more rows."
+            )
+        if self._journal is None:  # continuing a group: its rows go into the new journal
+            jpath = journal_path(self.path, self.group_name)
+            with h5py.File(self.path, "r") as f:
+                g = f[self.group_name]
+                self._journal = _Journal.create(
+                    jpath, self._header, fill=lambda j: self._import(g, j)
+                )
+        return self._journal
+
+    def _import(self, g: h5py.Group, journal: _Journal) -> None:
+        """The written rows of an earlier group as journal records."""
+        names = [name for name, *_ in self._fields]
         written, status = read_index(g)
         rows = np.flatnonzero(written != 0)
         for s in range(0, rows.size, 4096):
@@ -550,8 +686,7 @@ class GridFitHDF5Writer:
             arrays["cand_off"] = np.concatenate([[0], np.cumsum([len(a) for a in idx])])
             arrays["cand_idx"] = np.concatenate([np.zeros(0, np.int64), *idx]).astype(np.int64)
             arrays["cand_w"] = np.concatenate([np.zeros(0), *w]).astype(np.float64)
-            self._append(r, arrays)
-        self._sync()
+            journal.append(_pack(arrays), sync=False)
 
     # ------------------------------------------------------------------ API
     def written(self) -> np.ndarray:
@@ -560,13 +695,28 @@ class GridFitHDF5Writer:
 
     status = written  # the name before format 2
 
+    def _rows(self, rows: Any) -> np.ndarray:
+        r = np.asarray(rows)
+        if r.ndim != 1 or (r.size and not np.issubdtype(r.dtype, np.integer)):
+            raise TypeError(
+                f"`rows` must be a 1-D array of integer catalog rows, got {r.dtype} {r.shape}."
+            )
+        r = r.astype(np.int64)
+        if r.size and (r[0] < 0 or r[-1] >= self.n_rows or np.any(np.diff(r) <= 0)):
+            raise ValueError(
+                f"`rows` must be strictly increasing catalog rows in [0, {self.n_rows}) "
+                f"(sorted, no repeats); got {r[:8].tolist()}{' ...' if r.size > 8 else ''}."
+            )
+        return r
+
     def write(self, rows: np.ndarray, res: dict[str, Any]) -> None:
-        """Commit results for catalog ``rows`` (sorted ints). ``res`` holds host arrays
-        keyed like the per-chunk results of ``fit_batch(return_mode="chunks")``:
-        candidate lists come flat as ``candidate_idx``/``candidate_w`` with
-        ``candidate_offsets`` (rows + 1): row ``i``'s are ``[off[i]:off[i+1]]`` (or, without
-        offsets, padded (rows, width) arrays of which the first ``n_after`` count)."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """Commit results for catalog ``rows`` (strictly increasing ints). ``res``
+        holds host arrays keyed like the per-chunk results of
+        ``fit_batch(return_mode="chunks")``: candidate lists come flat as
+        ``candidate_idx``/``candidate_w`` with ``candidate_offsets`` (rows + 1): row
+        ``i``'s are ``[off[i]:off[i+1]]`` (or, without offsets, padded (rows, width)
+        arrays of which the first ``n_after`` count)."""
+        rows = self._rows(rows)
         if rows.size == 0:
             return
         arrays = {
@@ -597,14 +747,26 @@ class GridFitHDF5Writer:
             keep = np.arange(idx.shape[1])[None, :] < k[:, None]
             idx, w = idx[keep], w[keep]
             off = np.concatenate([[0], np.cumsum(k)])
-        arrays["cand_idx"], arrays["cand_w"], arrays["cand_off"] = idx, w, off
+        if (
+            off.shape != (rows.size + 1,)
+            or off[0] != 0
+            or np.any(np.diff(off) < 0)
+            or off[-1] != idx.size
+            or w.shape != idx.shape
+        ):
+            raise ValueError(
+                f"candidate lists: `candidate_offsets` must be {rows.size + 1} non-decreasing "
+                f"offsets from 0 to len(candidate_idx) ({idx.size}), and `candidate_w` as long "
+                f"as `candidate_idx`; got offsets {off.shape}, weights {w.shape}."
+            )
+        arrays["cand_idx"], arrays["cand_w"], arrays["cand_off"] = idx.ravel(), w.ravel(), off
         for name, dtype, _, shape in self._fields:
             arrays[name] = np.asarray(arrays[name], dtype).reshape((rows.size, *shape))
         self._append(rows, arrays)
 
     def mark_failed(self, rows: np.ndarray, flags: int | np.ndarray = 0) -> None:
         """Flag ``rows`` as failed (written -1) without results."""
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = self._rows(rows)
         if rows.size == 0:
             return
         arrays = {"rows": rows}
@@ -617,15 +779,18 @@ class GridFitHDF5Writer:
         self._append(rows, arrays)
 
     def _append(self, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        journal = self._journal_for_writing()
         self._since_sync += rows.size
         sync = self._since_sync >= self.flush_every
-        self._journal.append(_pack(arrays), sync)
+        journal.append(_pack(arrays), sync)
         if sync:
             self._since_sync = 0
         self._written[rows] = arrays["index/written"]
+        self._appended += rows.size
 
     def _sync(self) -> None:
-        self._journal.sync()
+        if self._journal is not None:
+            self._journal.sync()
         self._since_sync = 0
 
     def flush(self) -> None:
@@ -635,11 +800,19 @@ class GridFitHDF5Writer:
     def close(self, raise_errors: bool = True) -> None:
         """Assemble the group into the file, delete the journal once every row is
         written, release the lock. With ``raise_errors=False`` (the writer closing on
-        another error) a failed assembly is logged; the journal keeps the results."""
-        if self._journal is None:
+        another error, e.g. Ctrl-C) a failed assembly is logged, and a writer that
+        committed nothing leaves the file as it was (an overwrite interrupted before its
+        first chunk does not replace the old group); the journal keeps every committed
+        chunk for a resume."""
+        if self._closed:
             return
+        self._closed = True
         try:
+            if self._journal is None:
+                return  # a group continued without a new row: nothing changed
             self._sync()
+            if not raise_errors and not self._appended:
+                return
             self._assemble()
             if (self._written != 0).all():
                 self._journal.close()
@@ -649,15 +822,15 @@ class GridFitHDF5Writer:
             if raise_errors:
                 raise
             logger.warning(
-                "jaxgrid: %s not updated (%s); the results so far are kept in %s: "
-                "resume (resume=True / --resume) to finish.",
+                "jaxgrid: %s not updated (%s); the results so far are kept in %s: resume "
+                "(resume=True / --resume) to finish.",
                 self.path,
                 err,
                 self._journal.path,
             )
         finally:
-            self._journal.close()
-            self._journal = None
+            if self._journal is not None:
+                self._journal.close()
             self._lock.release()
 
     def __enter__(self) -> GridFitHDF5Writer:
@@ -667,24 +840,56 @@ class GridFitHDF5Writer:
         self.close(raise_errors=exc_type is None)
 
     # ------------------------------------------------------------- assembly
+    def _existing(self) -> tuple[bool, dict[str, Any]]:
+        """(whether the file holds anything but this group, the group's own attributes
+        other than ours) of the current file."""
+        if not self.path.exists():
+            return False, {}
+        with h5py.File(self.path, "r") as f:
+            attrs = {}
+            if self.group_name in f and isinstance(f[self.group_name], h5py.Group):
+                attrs = {
+                    k: v
+                    for k, v in f[self.group_name].attrs.items()
+                    if k not in ("configuration", "format")
+                }
+            node, others = f, False
+            for part in self.group_name.strip("/").split("/"):
+                others |= len(node.attrs) > 0 or any(k != part for k in node)
+                if part not in node or not isinstance(node[part], h5py.Group):
+                    others |= len(node) > 0
+                    break
+                node = node[part]
+        return others, attrs
+
     def _assemble(self) -> None:
         m = self.n_rows
         row_bytes = sum(
             np.dtype(dt).itemsize * int(np.prod(shape, dtype=np.int64))
             for _, dt, _, shape in self._fields
         )
-        other = self.path.stat().st_size if self.path.exists() else 0
+        others, attrs = self._existing()
+        # a file with other content is copied byte for byte (links, references and
+        # dimension scales intact) and only this group is replaced in the copy
+        other = self.path.stat().st_size if others else 0
         needed = self._journal.size + m * (row_bytes + 64) + other + 2**20
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         _check_space(tmp, needed)
         try:
-            with h5py.File(tmp, "w", rdcc_nbytes=64 * 2**20, rdcc_nslots=10007) as out:
-                if self.path.exists():
-                    with h5py.File(self.path, "r") as old:
-                        _copy_except(old, out, self.group_name.strip("/"))
+            if others:
+                shutil.copyfile(self.path, tmp)
+            with h5py.File(
+                tmp, "r+" if others else "w", rdcc_nbytes=64 * 2**20, rdcc_nslots=10007
+            ) as out:
+                if self.group_name in out:
+                    del out[self.group_name]
                 g = self._create(out)
+                for k, v in attrs.items():
+                    g.attrs[k] = v
                 for rec in self._journal.records():
                     self._replay(g, rec)
+            if self.path.exists():
+                shutil.copymode(self.path, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -757,19 +962,6 @@ def _same_configuration(stored: str, current: str, group: str, where: Path) -> N
     )
 
 
-def _copy_except(src: h5py.Group, dst: h5py.Group, skip: str) -> None:
-    """Copy ``src`` (attributes and members) into ``dst``, leaving out the path ``skip``
-    (relative to ``src``)."""
-    for k, v in src.attrs.items():
-        dst.attrs[k] = v
-    head, _, rest = skip.partition("/")
-    for name in src:
-        if name != head:
-            src.copy(src[name], dst, name=name)
-        elif rest and isinstance(src[name], h5py.Group):
-            _copy_except(src[name], dst.require_group(name), rest)
-
-
 def _selection(rows: np.ndarray):
     """A contiguous slice when possible (fast in h5py), else the sorted index array."""
     if rows.size and rows[-1] - rows[0] + 1 == rows.size:
@@ -777,20 +969,37 @@ def _selection(rows: np.ndarray):
     return rows
 
 
+def pending_note(path: str | Path, group: str) -> str:
+    """A sentence about an unfinished run's journal of ``group`` beside ``path``, or ""."""
+    j = pending_journal(path, group)
+    if j is None:
+        return ""
+    return (
+        f"an unfinished run of {group_name(group)!r} keeps its newer results in the journal "
+        f"{j}: resume it (resume=True / --resume) to write them into {path}"
+    )
+
+
 def read_fit_results(path: str | Path, group: str = "/fit_batch") -> dict[str, Any]:
     """Read a whole result group back into nested dicts of NumPy arrays (format-2
     names also for older files: ``index/written``, ``index/status``)."""
     out: dict[str, Any] = {}
-    if journal_path(path, group).exists():
-        logger.warning(
-            "jaxgrid: %s has an unfinished run's journal for %s: the group holds the rows "
-            "assembled when that run last closed; resume it to finish.",
-            path,
-            group,
+    note = pending_note(path, group)
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"read_fit_results: no file {path}" + (f"; {note}" if note else ""),
+            str(path),
         )
+    if note:
+        logger.warning("jaxgrid: %s: %s.", path, note)
     with h5py.File(path, "r") as f:
         if group not in f:
-            raise KeyError(f"read_fit_results: {path} has no group {group!r}.")
+            raise KeyError(
+                f"read_fit_results: {path} has no group {group!r}"
+                + (f"; {note}" if note else "")
+                + "."
+            )
         g = f[group]
         out["configuration"] = json.loads(g.attrs["configuration"])
 
