@@ -84,7 +84,9 @@ class Status(enum.IntFlag):
     KDE_FALLBACK = 8  #: KDE impossible (one effective sample): histogram used instead
     MASS_CAP = 16  #: the user's posterior_keep_max_candidates bound before keep_mass was reached
     FULL_GRID_FALLBACK = 32  #: preselection failed for this row; the full grid was used
-    BAD_INPUT = 64  #: infinite values or negative errors were treated as missing bands
+    #: invalid inputs were treated as missing bands (infinite values, errors <= 0, values
+    #: beyond float32's range); with NO_CANDIDATES: the binner gave indices off the grid
+    BAD_INPUT = 64
     NO_MASS_IN_BINS = 128  #: a summarised target has no posterior mass inside its bins
     #: a summarised target has less than `MIN_MASS_IN_BINS` of the kept mass inside its bins
     LOW_MASS_IN_BINS = 256
