@@ -5,7 +5,11 @@ argument and the fix), or, inside a batch, a flagged row whose neighbours keep
 their exact results — compared bitwise with a run *without* the bad row (or the
 bad value), never with the code's own output for the same input.
 
-Each entry: input — where: outcome.
+Each entry: input — where: outcome. The other lists of the same boundary:
+`tests/test_bad_input_io.py` (files, columns, counts), `tests/test_cli_errors.py`
+(the command line), `tests/test_numeric_limits.py` (float32 limits, bins missing
+the posterior, poor fits, `calibrate`), `tests/test_crash_safety.py` and
+`tests/test_output_edges.py` (the output file).
 
 * masked value or error (`np.ma`, astropy `MaskedColumn`, masked `Table`) —
   `fit_batch`: band missing (as NaN), not flagged, the hidden value never fitted.
