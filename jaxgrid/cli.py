@@ -347,6 +347,8 @@ def cmd_fit(args) -> int:
     _check_output(out, "--out")
     if h5 != out:
         _check_output(h5, f"the run file of --format {args.format}")
+        if out.exists() and not (args.overwrite or args.resume):
+            raise UserError(f"--out {out} exists; pass --overwrite to replace it")
     grid = _read("grid", args.grid, lambda: ModelGrid.load_auto(args.grid))
     columns = config.get("columns", {})
     obs = (
@@ -396,6 +398,7 @@ def cmd_fit(args) -> int:
         stats_bins=bins or None,
         upper_limits=cat.upper,
         output_hdf5_path=h5,
+        output_hdf5_overwrite=args.overwrite,
         resume=args.resume,
         verbose=not args.quiet,
         **settings,

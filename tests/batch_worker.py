@@ -31,7 +31,7 @@ def problem():
     m = 400
     X = obs[rng.integers(0, n, m)] + rng.normal(0, 0.3, (m, p))
     S = np.full_like(X, 0.3)
-    X[10] = np.nan  # a flagged row: status -1 in the file, recomputed on resume
+    X[10] = np.nan  # a flagged row: written -1 in the file, final (not recomputed)
     X[50, 2] = np.nan
     return fitter, X, S
 

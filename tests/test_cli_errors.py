@@ -340,3 +340,26 @@ def test_output_held_by_another_writer_is_one_line(demo, tmp_path, capsys):
     rc, _, err = run(capsys, *base(demo, out))
     one_line_error(rc, err, "elsewhere.example", "lock")
     assert lock.exists() and not out.exists()
+
+
+def test_resume_with_overwrite_and_an_existing_group_name_the_flags(demo, tmp_path, capsys):
+    out = tmp_path / "o.h5"
+    rc, _, err = run(capsys, *base(demo, out), "--resume", "--overwrite")
+    one_line_error(rc, err, "--overwrite", "--resume")
+    assert not out.exists()
+    rc, _, err = run(capsys, *base(demo, out))
+    assert rc == 0, err
+    rc, _, err = run(capsys, *base(demo, out))
+    one_line_error(rc, err, "already has group", "--overwrite", "--resume")
+    rc, _, err = run(capsys, *base(demo, out), "--overwrite")  # --overwrite replaces it
+    assert rc == 0, err
+
+
+def test_an_existing_fits_output_needs_overwrite(demo, tmp_path, capsys):
+    out = tmp_path / "o.fits"
+    rc, _, err = run(capsys, *base(demo, out), "--format", "fits")
+    assert rc == 0, err
+    rc, _, err = run(capsys, *base(demo, out), "--format", "fits")
+    one_line_error(rc, err, "exists", "--overwrite")
+    rc, _, err = run(capsys, *base(demo, out), "--format", "fits", "--overwrite")
+    assert rc == 0, err

@@ -20,7 +20,9 @@ import pytest
 from conftest import make_grid
 from output_helpers import WORKER, assert_same_file, run_worker, small_problem
 
+from jaxgrid.cli import main as cli_main
 from jaxgrid.io import results as results_mod
+from jaxgrid.io import results_to_table
 from jaxgrid.io.results import (
     GridFitHDF5Writer,
     OutputInUseError,
@@ -179,6 +181,9 @@ def test_disk_full_in_a_journal_write_then_resume(tmp_path, small, monkeypatch):
     with pytest.raises(OSError, match="not enough disk space for .*journal.*bytes needed") as e:
         fitter.fit_batch(X, S, output_hdf5_path=path, **kw)
     assert e.value.errno == errno.ENOSPC
+    # what the end of the run needs too: at least the assembled group's datasets
+    later = int(str(e.value).split("needs about ")[1].split(" bytes more")[0].replace(",", ""))
+    assert later > 40 * (8 * 20 + 8 * 8)
     monkeypatch.setattr(results_mod.os, "write", real_write)
     fitter.fit_batch(X, S, output_hdf5_path=path, resume=True, **kw)
     assert_same_file(path, ref)
@@ -303,7 +308,7 @@ def test_resume_of_a_group_lacking_a_dataset_names_it(tmp_path, small):
     assert not journal_path(path, "/fit_batch").exists()  # nothing left behind
 
 
-def test_old_format_files_read_with_the_new_names(tmp_path, small):
+def test_old_format_files_read_with_the_new_names(tmp_path, small, capsys):
     fitter, X, S, kw = small
     path = tmp_path / "out.h5"
     fitter.fit_batch(X, S, output_hdf5_path=path, **kw)
@@ -317,6 +322,32 @@ def test_old_format_files_read_with_the_new_names(tmp_path, small):
     np.testing.assert_array_equal(old["index/written"], new["index/written"])
     np.testing.assert_array_equal(old["index/status"], new["index/status"])
     assert "index/flags" not in old
+    # the table export and `jaxgrid info` read the old names too
+    t_old = results_to_table(path)
+    np.testing.assert_array_equal(t_old["status"], new["index/status"])
+    np.testing.assert_array_equal(t_old["m"], np.flatnonzero(new["index/written"] != 0))
+    assert cli_main(["info", str(path)]) == 0
+    n_ok = int((new["index/written"] == 1).sum())
+    assert f"({n_ok:,} ok, " in capsys.readouterr().out
+    # a file from before `mass_in_bins`: NaN in the table
+    with h5py.File(path, "a") as f:
+        del f["fit_batch/stats/t0/mass_in_bins"]
+    assert np.isnan(results_to_table(path)["t0_mass_in_bins"]).all()
+
+
+def test_resume_of_an_old_format_group(tmp_path, small):
+    fitter, X, S, kw = small
+    path, ref = tmp_path / "out.h5", tmp_path / "ref.h5"
+    fitter.fit_batch(X, S, output_hdf5_path=ref, **kw)
+    fitter.fit_batch(X, S, output_hdf5_path=path, **kw)
+    with h5py.File(path, "a") as f:  # format 1 names, rows 8..15 not written
+        g = f["fit_batch"]
+        written, status = g["index/written"][...], g["index/status"][...]
+        written[8:16] = 0
+        del g["index/written"], g["index/status"]
+        g["index/status"], g["index/flags"] = written, status
+    fitter.fit_batch(X, S, output_hdf5_path=path, resume=True, **kw)
+    assert_same_file(path, ref)  # assembled with the new names
 
 
 def test_iter_mode_with_an_output_warns_when_never_consumed(tmp_path, small, caplog):

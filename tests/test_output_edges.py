@@ -383,3 +383,13 @@ def test_cli_info_on_a_standalone_group_and_a_pending_journal(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "result group /g: 10 rows, 4 written" in out
     assert str(journal_path(path, "/g")) in out
+
+
+def test_a_private_lock_file_left_by_a_killed_process_is_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f"o.h5.lock.{socket.gethostname()}.{dead.pid}"
+    left.write_text("{}")
+    with _writer(tmp_path / "o.h5"):
+        pass
+    assert not left.exists()

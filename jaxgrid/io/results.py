@@ -256,6 +256,11 @@ class _OutputLock:
         # the lock appears with its content or not at all: a private file, hard-linked
         # to the lock name (link(2) fails if the name exists; atomic, NFS included)
         mine = self.path.with_name(f"{self.path.name}.{me['host']}.{me['pid']}")
+        for left in glob.glob(glob.escape(f"{self.path}.{me['host']}.") + "*"):
+            pid = left.rsplit(".", 1)[1]  # a private file of a process killed right here
+            if pid.isdigit() and not _alive(int(pid), None):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(left)
         try:
             try:
                 mine.write_text(json.dumps(me))
@@ -325,22 +330,27 @@ _FRAME = struct.Struct("<4sBQI")  # magic, kind, payload length, CRC-32 of the p
 _HEADER, _CHUNK = 1, 2
 
 
-def _no_space(path: Path, needed: int, free: int | None = None, cause: str = "") -> OSError:
+def _no_space(
+    path: Path, needed: int, free: int | None = None, cause: str = "", later: int = 0
+) -> OSError:
     have = f", {free:,} free" if free is not None else ""
     why = f" ({cause})" if cause else ""
+    more = (
+        f"; assembling the file when the run ends needs about {later:,} bytes more" if later else ""
+    )
     return OSError(
         errno.ENOSPC,
-        f"not enough disk space for {path}: about {needed:,} bytes needed{have}{why}. "
+        f"not enough disk space for {path}: about {needed:,} bytes needed{have}{why}{more}. "
         "Free space (or move the output), then resume (resume=True / --resume): "
         "nothing committed is lost.",
         str(path),
     )
 
 
-def _check_space(path: Path, needed: int) -> None:
+def _check_space(path: Path, needed: int, later: int = 0) -> None:
     free = shutil.disk_usage(path.parent).free
     if free < needed:
-        raise _no_space(path, needed, free)
+        raise _no_space(path, needed, free, later=later)
 
 
 class _Journal:
@@ -349,6 +359,7 @@ class _Journal:
     def __init__(self, path: Path, header: dict[str, Any], fd: int, size: int):
         self.path, self.header, self._fd, self.size = path, header, fd, size
         self._unsynced = 0
+        self.later = 0  # bytes the assembly will need at the end (for error messages)
 
     @staticmethod
     def _frame(kind: int, payload: bytes) -> bytes:
@@ -406,7 +417,7 @@ class _Journal:
 
     def append(self, payload: bytes, sync: bool) -> None:
         data = self._frame(_CHUNK, payload)
-        _check_space(self.path, len(data) + 2**16)
+        _check_space(self.path, len(data) + 2**16, later=self.later)
         try:
             view = memoryview(data)
             while view:
@@ -417,7 +428,7 @@ class _Journal:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.size)  # the record never happened
             if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise _no_space(self.path, len(data), cause=err.strerror) from err
+                raise _no_space(self.path, len(data), cause=err.strerror, later=self.later) from err
             raise
         self.size += len(data)
 
@@ -780,6 +791,7 @@ class GridFitHDF5Writer:
 
     def _append(self, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
         journal = self._journal_for_writing()
+        journal.later = journal.size + self._group_bytes()  # named if the disk fills
         self._since_sync += rows.size
         sync = self._since_sync >= self.flush_every
         journal.append(_pack(arrays), sync)
@@ -862,17 +874,20 @@ class GridFitHDF5Writer:
                 node = node[part]
         return others, attrs
 
-    def _assemble(self) -> None:
-        m = self.n_rows
+    def _group_bytes(self) -> int:
+        """About the size of the assembled group (uncompressed), plus a margin."""
         row_bytes = sum(
             np.dtype(dt).itemsize * int(np.prod(shape, dtype=np.int64))
             for _, dt, _, shape in self._fields
         )
+        return self.n_rows * (row_bytes + 64) + 2**20
+
+    def _assemble(self) -> None:
         others, attrs = self._existing()
         # a file with other content is copied byte for byte (links, references and
         # dimension scales intact) and only this group is replaced in the copy
         other = self.path.stat().st_size if others else 0
-        needed = self._journal.size + m * (row_bytes + 64) + other + 2**20
+        needed = self._journal.size + self._group_bytes() + other
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         _check_space(tmp, needed)
         try:
