@@ -542,6 +542,7 @@ class _Runner:
         self.devices = jax.local_devices()
         self.datas = [jax.device_put(plan.data, d) for d in self.devices]
         self._full_datas = None  # the padded full grid, built on first fallback
+        self._obs64 = None  # float64 grid observables (`_host_log_evidence`), on first use
 
     def _split(self, arrays: dict[str, Any]) -> list[Chunk]:
         """Equal row slices of the chunk arrays, one per device."""
@@ -733,12 +734,43 @@ class _Runner:
             *STAT_FIELDS,
         ):
             res[f] = getattr(host, f)[:n]
+        res["log_evidence"] = self._host_log_evidence(host, rows, bad)
         if plan.keep["return_candidates"]:
             idx, w, off = self._candidate_lists(host, n, bad, host_arrays, fb_rows)
         else:
             idx, w, off = np.zeros(0, np.int64), np.zeros(0), np.zeros(n + 1, np.int64)
         res["candidate_idx"], res["candidate_w"], res["candidate_offsets"] = idx, w, off
         return res
+
+    def _host_log_evidence(self, host, rows, bad) -> np.ndarray:
+        """float64 ``log_evidence``. Rows refined relative to a reference model (``ref``:
+        far from every model, log Z of -1e5 and less) get log Z relative to it (device)
+        plus that one model's log weight, its log L evaluated in float64 here when the
+        likelihood has a host evaluation (`AbstractLikelihood.host_log_likelihood_rows`):
+        the device's float32 value would be off by several nats."""
+        n = rows.size
+        lz = np.asarray(host.log_evidence[:n], np.float64).copy()
+        ref = np.asarray(host.ref[:n], np.int64)
+        todo = np.flatnonzero((ref >= 0) & ~bad)
+        if todo.size == 0:
+            return lz
+        plan = self.plan
+        if self._obs64 is None:
+            self._obs64 = np.asarray(self.fitter.grid.observables, np.float64)
+        mean, std = self.fitter.row_mean_std
+        r = rows[todo]
+        x = (plan.X[r] - mean) / std
+        s = plan.S[r] / std
+        models = (self._obs64[ref[todo]] - mean) / std
+        upper = None if plan.U is None else plan.U[r]
+        ll = self.fitter._likelihood_in_space.host_log_likelihood_rows(x, s, models, upper)
+        if ll is None:  # no host evaluation: the device's float32 value
+            return lz
+        rel = np.asarray(host.log_evidence_rel[:n], np.float64)[todo]
+        lw = ll + np.asarray(host.ref_log_prior[:n], np.float64)[todo]
+        ok = np.isfinite(lw) & np.isfinite(rel)
+        lz[todo[ok]] = rel[ok] + lw[ok]
+        return lz
 
     def _candidate_lists(self, host, n, bad, host_arrays, fb_rows):
         """Every row's kept models as flat ragged arrays ``(idx, w, offsets)``: row ``i``'s

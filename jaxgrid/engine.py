@@ -106,6 +106,9 @@ POOR_FIT_PROBABILITY = 1e-6
 #: Rows whose largest log weight or chi2_min exceeds this in size get their log weights
 #: again *relative to their best model* (`AbstractLikelihood.log_likelihood_ratio`): a
 #: float32 log weight of -1.8e5 is only known to +-0.008, which moves weights by ~1 %.
+#: Their log Z is then ``log_evidence_rel`` plus the reference model's log weight, which
+#: the host evaluates in float64 where the likelihood allows (GaussianProductLikelihood,
+#: CompositeLikelihood of such terms); otherwise its float32 value (off by ~1e-7 |log Z|).
 REFINE_LOG_WEIGHT = 256.0
 
 _TRACES = 0
@@ -214,6 +217,11 @@ class ChunkOutput(eqx.Module):
     mass_in_bins: Array  #: (rows, D) fraction of the kept mass inside each target's bins
     #: (rows,) grid index of the model the row's log weights are relative to (-1: plain)
     ref: Array
+    #: (rows,) log Z relative to model ``ref`` (``log_evidence`` where ``ref`` is -1): the
+    #: host adds that model's log weight evaluated in float64 (`_host_log_evidence`)
+    log_evidence_rel: Array
+    #: (rows,) log prior + log grid weight of model ``ref`` (0 where ``ref`` is -1)
+    ref_log_prior: Array
 
 
 class _Totals(NamedTuple):
@@ -462,6 +470,8 @@ def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, 
         pool_lw=jnp.zeros(0, dtype),
         mass_in_bins=clean(jnp.stack(in_bins)) if d else jnp.zeros(0, dtype),
         ref=jnp.where(bad, -1, tot.ref),
+        log_evidence_rel=jnp.where(bad, -jnp.inf, log_z_rel),
+        ref_log_prior=jnp.zeros((), dtype),
     )
 
 
@@ -933,8 +943,19 @@ def chunk_step(
 
     model_bins = params.model_bins
     if config.n_blocks == 1 or chunk.cand is not None:
-        return _single_block(config, data, likelihood, prior, params, chunk, model_bins)
-    return _blocked(config, data, likelihood, prior, params, chunk, model_bins)
+        out = _single_block(config, data, likelihood, prior, params, chunk, model_bins)
+    else:
+        out = _blocked(config, data, likelihood, prior, params, chunk, model_bins)
+
+    def ref_log_prior(x, r):
+        """log prior + log w of the row's reference model (one model: O(1) values,
+        accurate in float32; the host adds its float64 log L)."""
+        i = jnp.maximum(r, 0)
+        xn = data.native_row(x)
+        lp = prior_log_prob(prior, data.targets[i][None], data.models_native[i][None], xn)[0]
+        return jnp.where(r >= 0, lp + data.log_weights[i], 0.0)
+
+    return dataclasses.replace(out, ref_log_prior=jax.vmap(ref_log_prior)(chunk.x, out.ref))
 
 
 @eqx.filter_jit

@@ -107,6 +107,15 @@ class AbstractLikelihood(eqx.Module):
         ll = self.log_likelihood(x, sigma, models, upper)
         return ll - self.log_likelihood(x, sigma, ref[None, :], upper)[0]
 
+    def host_log_likelihood_rows(self, x, sigma, models, upper=None) -> np.ndarray | None:
+        """float64 NumPy ``log L`` of row ``r`` of ``x``/``sigma`` (R, P) against model row
+        ``r`` of ``models`` (R, P), or None when this likelihood has none (the default).
+
+        The batch fitter uses it for rows far from every model: their log Z is the
+        float32 log Z relative to the best model plus the best model's log weight, whose
+        float32 value (``|log L|`` of 1e5 and more) would be off by several nats."""
+        return None
+
     def chi2_dof(self, x, sigma, upper=None) -> Array:
         """Degrees of freedom of this row's ``chi2`` (the bands in it less the
         fitted parameters), or ``-1`` when ``chi2`` is not a chi-square statistic
@@ -200,6 +209,28 @@ def _gaussian_ratio(x, sigma, models, ref, upper, floor, scale, limit_kind, delt
     return out
 
 
+def _host_gaussian_rows(x, sigma, models, upper, floor, scale, limit_kind) -> np.ndarray:
+    """`_gaussian_sums` in float64 NumPy, row ``r`` against model ``r`` (R, P) -> (R,)."""
+    from scipy.special import log_ndtr as np_log_ndtr
+
+    f64 = np.float64
+    x, sigma, models = (np.asarray(a, f64) for a in (x, sigma, models))
+    with np.errstate(invalid="ignore", over="ignore"):
+        h = np.maximum(float(scale) * sigma, float(floor))
+        # values beyond float32's range are missing bands on the device too
+        big = np.finfo(np.float32).max
+        usable = np.isfinite(x) & np.isfinite(h) & (h > 0) & (np.abs(x) <= big)
+        up = np.zeros_like(usable) if upper is None else np.asarray(upper, bool)
+        gauss = usable & ~up
+        hs = np.where(usable, h, 1.0)
+        r = (models - np.where(usable, x, 0.0)) / hs
+        const = -0.5 * np.sum(np.where(gauss, np.log(2.0 * np.pi * hs**2), 0.0), axis=1)
+        chi2 = np.sum(np.where(gauss, r * r, 0.0), axis=1)
+        sign = 1.0 if limit_kind == "flux" else -1.0
+        lim = np.sum(np.where(up & usable, np_log_ndtr(-sign * r), 0.0), axis=1)
+    return np.where(usable.any(axis=1), const - 0.5 * chi2 + lim, -np.inf)
+
+
 class GaussianProductLikelihood(AbstractLikelihood):
     """Product of independent Gaussians with a bandwidth floor.
 
@@ -232,6 +263,11 @@ class GaussianProductLikelihood(AbstractLikelihood):
 
     def log_likelihood(self, x, sigma, models, upper=None):
         return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
+
+    def host_log_likelihood_rows(self, x, sigma, models, upper=None):
+        return _host_gaussian_rows(
+            x, sigma, models, upper, self.bandwidth_floor, self.scale, self.limit_kind
+        )
 
     def log_likelihood_ratio(self, x, sigma, models, ref, upper=None, delta=None):
         _, usable, _ = _gaussian_bands(x, sigma, upper, self.bandwidth_floor, self.scale)
@@ -344,6 +380,12 @@ class CompositeLikelihood(AbstractLikelihood):
 
     def log_likelihood(self, x, sigma, models, upper=None):
         return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
+
+    def host_log_likelihood_rows(self, x, sigma, models, upper=None):
+        parts = [t.host_log_likelihood_rows(x, sigma, models, upper) for t in self.terms]
+        if any(p is None for p in parts):
+            return None
+        return np.sum(parts, axis=0)
 
     def log_likelihood_ratio(self, x, sigma, models, ref, upper=None, delta=None):
         out = self.terms[0].log_likelihood_ratio(x, sigma, models, ref, upper, delta)
