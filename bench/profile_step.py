@@ -16,8 +16,8 @@ from jax import lax
 
 from jaxgrid import GridFitter, ModelGrid
 from jaxgrid.batch import _Runner, plan_batch
-from jaxgrid.engine import _evaluate, chunk_step
-from jaxgrid.summaries import top_k_two_level
+from jaxgrid.core.reductions import top_k_two_level
+from jaxgrid.core.step import _evaluate, chunk_step
 
 
 def timed(fn, reps=5):

@@ -28,8 +28,8 @@ from photoz_vs_bpz import BANDS, bpz_equivalent_inputs  # noqa: E402
 
 from jaxgrid import GridFitter  # noqa: E402
 from jaxgrid.batch import _Runner, plan_batch  # noqa: E402
+from jaxgrid.core.step import chunk_step  # noqa: E402
 from jaxgrid.data import DC2_TRAINING, data_path  # noqa: E402
-from jaxgrid.engine import chunk_step  # noqa: E402
 from jaxgrid.photometry import build_template_grid  # noqa: E402
 from jaxgrid.prob import BPZPrior, ScaledGaussianLikelihood  # noqa: E402
 

@@ -50,8 +50,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.scipy.special import logsumexp
 
-from ._checks import float_dtype
-from .engine import _evaluate
+from .core.checks import float_dtype
+from .prob.posterior import log_weights_and_chi2
 
 __all__ = ["catalog_log_likelihood", "calibrate", "CalibrationResult"]
 
@@ -90,7 +90,7 @@ def _make_chunk_fn(fitter, prior_fn, zp_kind, fixed_mask):
 
     def row_log_z(params, prior, xr, sr, ur):
         xr, sr = _apply(params, xr, sr, zp_kind, fixed_mask)
-        lw, _ = _evaluate(
+        lw, _ = log_weights_and_chi2(
             lik,
             prior,
             data,
@@ -120,7 +120,7 @@ def _make_chunk_fn(fitter, prior_fn, zp_kind, fixed_mask):
         xs, ss = _apply(params, x, s, zp_kind, fixed_mask)
 
         def row(xr, sr, ur):
-            lw, _ = _evaluate(
+            lw, _ = log_weights_and_chi2(
                 lik,
                 prior,
                 data,

@@ -487,7 +487,7 @@ def _info(path: Path) -> int:
                 note = pending_note(path, "/" + g)
                 if note:
                     print(f"  {note}")
-                from .engine import Status
+                from .core.status import Status
 
                 counts = {s.name: int(np.sum((flags & int(s)) != 0)) for s in Status if s}
                 print(f"  status flags: {({k: v for k, v in counts.items() if v}) or 'none'}")

@@ -98,7 +98,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Make the demo files, fit them, write ``fit.h5``; return a summary dict."""
     from .binning import KDTreeBinner
-    from .engine import Status
+    from .core.status import Status
     from .fitter import GridFitter
     from .io import read_catalog, results_to_table
     from .prob import GaussianProductLikelihood

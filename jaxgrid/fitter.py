@@ -16,76 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import cast_overflows, float_dtype, is_traced, masked_to_nan
+from .core.checks import cast_overflows, float_dtype, is_traced, masked_to_nan
+from .core.data import GridData
+from .core.reductions import histogram_density, weighted_histogram
 from .grid import ModelGrid
 from .prob.likelihoods import AbstractLikelihood, GaussianProductLikelihood
 from .prob.posterior import log_posterior_terms, normalise_log_weights
 from .prob.priors import AbstractPrior, FlatPrior, ObservableDependentPrior
-from .summaries import histogram_density, weighted_histogram
 
 __all__ = ["GridFitter", "GridData"]
 
 logger = logging.getLogger("jaxgrid")
-
-
-class GridData(eqx.Module):
-    """Device-side snapshot of a grid, as the traced core sees it.
-
-    Attributes:
-        models: (N, P) observables in the likelihood's space.
-        models_native: (N, P) native observables (for observable-dependent priors).
-        targets: (N, Q) targets.
-        log_weights: (N,) ``log w`` (zeros when the grid is unweighted).
-        obs_mean, obs_std: (P,) map native rows to the likelihood's space,
-            ``(x - mean) / std`` (0 and 1 without standardisation).
-        rows_standardised: the rows handed to the traced core are already in the
-            likelihood's space (the batch fitter standardises them in float64 on
-            the host before the cast: in float32 on the device, ``x - mean`` of
-            magnitudes near 20 loses ~1e-6 mag, 0.01 sigma at S/N 1e4).
-    """
-
-    models: Float[Array, "models obs"]
-    models_native: Float[Array, "models obs"]
-    targets: Float[Array, "models targets"]
-    log_weights: Float[Array, " models"]
-    obs_mean: Float[Array, " obs"]
-    obs_std: Float[Array, " obs"]
-    rows_standardised: bool = eqx.field(static=True, default=False)
-
-    def to_likelihood_space(self, x, sigma):
-        if self.rows_standardised:
-            return x, sigma
-        return (x - self.obs_mean) / self.obs_std, sigma / self.obs_std
-
-    def native_row(self, x):
-        """A row's native values (observable-dependent priors see these)."""
-        if self.rows_standardised:
-            return x * self.obs_std + self.obs_mean
-        return x
-
-    def with_rows_standardised(self, flag: bool = True) -> GridData:
-        """This snapshot, taking rows already in the likelihood's space (or native)."""
-        return GridData(
-            self.models,
-            self.models_native,
-            self.targets,
-            self.log_weights,
-            self.obs_mean,
-            self.obs_std,
-            bool(flag),
-        )
-
-
-def standardise_rows(
-    data: GridData, mean_std: tuple[np.ndarray, np.ndarray], x: np.ndarray, sigma: np.ndarray, dtype
-) -> tuple[np.ndarray, np.ndarray]:
-    """Host rows (float64) as ``data`` takes them, cast to ``dtype`` last: in the
-    likelihood's space when `GridData.rows_standardised` (``mean_std``: the
-    fitter's float64 snapshot of the standardiser), else native."""
-    if not data.rows_standardised:
-        return x.astype(dtype), sigma.astype(dtype)
-    mean, std = mean_std
-    return ((x - mean) / std).astype(dtype), (sigma / std).astype(dtype)
 
 
 def prepare_grid(grid: ModelGrid, use_standardised: bool) -> GridData:
@@ -351,7 +292,7 @@ class GridFitter:
         """Fit a catalog: posterior, truncation and summaries for every row, in chunks.
 
         Each fixed-size chunk of rows runs through **one** jitted step (compiled
-        once per configuration; ``jaxgrid.engine``), sharded over all local
+        once per configuration; ``jaxgrid.core.step``), sharded over all local
         devices. Results come back in object order.
 
         Options (keywords as in BESTA; see docs/batch.md):
@@ -381,7 +322,7 @@ class GridFitter:
           range). Mismatched bins raise ``ValueError``.
         * ``find_multimodal``: count modes (maxima of the binned density, edge
           bins included, plateaus once, rises and falls under 1e-3 of the peak
-          ignored: `jaxgrid.summaries.count_modes`); else ``nmodes = 1``.
+          ignored: `jaxgrid.core.reductions.count_modes`); else ``nmodes = 1``.
         * ``use_kde_for_stats``: weighted Gaussian KDE (Scott bandwidth from the
           effective sample size) at the bin centres instead of the
           histogram; one effective sample falls back to the histogram
@@ -434,8 +375,8 @@ class GridFitter:
         stats, posts_target, log_evidence, chi2_min, best, status`` (see
         docs/batch.md); each target's stats include ``mass_in_bins``, the
         fraction of the kept mass inside its bins (``"chunks"``: a (rows, D)
-        array). Status codes: ``jaxgrid.engine.Status`` (``LOW_MASS_IN_BINS``
-        below `jaxgrid.engine.MIN_MASS_IN_BINS`; ``POOR_FIT`` for a chi2_min
+        array). Status codes: ``jaxgrid.Status`` (``LOW_MASS_IN_BINS``
+        below `jaxgrid.core.status.MIN_MASS_IN_BINS`; ``POOR_FIT`` for a chi2_min
         with survival probability below 1e-6 for the row's bands).
         """
         from .batch import fit_batch

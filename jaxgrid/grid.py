@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import cast_overflows, float_dtype
+from . import grid_format
+from .core.checks import cast_overflows, float_dtype
 from .transforms import LinearStandardiser
 
 __all__ = ["ModelGrid"]
@@ -275,10 +276,8 @@ class ModelGrid:
     def to_fits_table(
         self, path, hdu_name="MODELGRID", overwrite=False, include_meta=True, checksum=True
     ):
-        """Write a FITS binary table (see `jaxgrid.io.grid_files.write_fits`)."""
-        from .io.grid_files import write_fits
-
-        write_fits(
+        """Write a FITS binary table (see `jaxgrid.grid_format.write_fits`)."""
+        grid_format.write_fits(
             self,
             path,
             hdu_name=hdu_name,
@@ -297,23 +296,22 @@ class ModelGrid:
         row_mask=None,
         table_hdu=1,
     ) -> ModelGrid:
-        """Read a FITS table (see `jaxgrid.io.grid_files.read_fits`)."""
-        from .io.grid_files import read_fits
-
-        return read_fits(
+        """Read a FITS table (see `jaxgrid.grid_format.read_fits`)."""
+        return grid_format.read_fits(
             path,
             observable_cols=observable_cols,
             target_cols=target_cols,
             weight_col=weight_col,
             row_mask=row_mask,
             table_hdu=table_hdu,
+            cls=cls,
         )
 
     def to_hdf5(self, path, group="/modelgrid", overwrite=False, compression="gzip"):
-        """Write to an HDF5 group (see `jaxgrid.io.grid_files.write_hdf5`)."""
-        from .io.grid_files import write_hdf5
-
-        write_hdf5(self, path, group=group, overwrite=overwrite, compression=compression)
+        """Write to an HDF5 group (see `jaxgrid.grid_format.write_hdf5`)."""
+        grid_format.write_hdf5(
+            self, path, group=group, overwrite=overwrite, compression=compression
+        )
 
     @classmethod
     def from_hdf5(
@@ -325,36 +323,30 @@ class ModelGrid:
         weight_dset=None,
         row_slice=None,
     ) -> ModelGrid:
-        """Read an HDF5 group (see `jaxgrid.io.grid_files.read_hdf5`)."""
-        from .io.grid_files import read_hdf5
-
-        return read_hdf5(
+        """Read an HDF5 group (see `jaxgrid.grid_format.read_hdf5`)."""
+        return grid_format.read_hdf5(
             path,
             group=group,
             observable_dsets=observable_dsets,
             target_dsets=target_dsets,
             weight_dset=weight_dset,
             row_slice=row_slice,
+            cls=cls,
         )
 
     def to_pickle(self, path) -> None:
-        """Pickle the grid (arrays as NumPy; see `jaxgrid.io.grid_files.write_pickle`)."""
-        from .io.grid_files import write_pickle
-
-        write_pickle(self, path)
+        """Pickle the grid (arrays as NumPy; see `jaxgrid.grid_format.write_pickle`)."""
+        grid_format.write_pickle(self, path)
 
     @classmethod
     def from_pickle(cls, path) -> ModelGrid:
-        from .io.grid_files import read_pickle
 
-        return read_pickle(path)
+        return grid_format.read_pickle(path, cls=cls)
 
     @classmethod
     def load_auto(cls, path, **kw) -> ModelGrid:
         """Load by suffix: .fits/.fit/.fts/.fits.gz, .h5/.hdf5, .pkl/.pickle."""
-        from .io.grid_files import load_auto
-
-        return load_auto(path, **kw)
+        return grid_format.load_auto(path, cls=cls, **kw)
 
 
 def _working(values: Any, what: str, fix: str, positive: Any = None) -> Array:

@@ -52,7 +52,7 @@ from batch_helpers import BruteForceKNN, row_log_weights
 from conftest import make_grid
 
 from jaxgrid import GridFitter, ModelGrid
-from jaxgrid.engine import BAD_STATUS, Status
+from jaxgrid.core.status import BAD_STATUS, Status
 from jaxgrid.io import read_catalog
 from jaxgrid.io.catalog import ValueFlag
 from jaxgrid.io.results import read_fit_results

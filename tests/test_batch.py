@@ -257,7 +257,7 @@ def test_high_snr_chi2_float32(rng):
 
 
 def test_compiles_once_for_ragged_catalog(rng):
-    from jaxgrid.engine import trace_count
+    from jaxgrid.core.step import trace_count
 
     grid = make_grid(rng, n=300, p=3, q=2)
     fitter = GridFitter(grid)

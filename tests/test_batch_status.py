@@ -6,7 +6,7 @@ from batch_helpers import BruteForceKNN
 from conftest import make_grid
 
 from jaxgrid import GridFitter, ModelGrid
-from jaxgrid.engine import BAD_STATUS, Status
+from jaxgrid.core.status import BAD_STATUS, Status
 
 EDGES = [np.linspace(0.0, 10.0, 21)]
 
@@ -202,7 +202,7 @@ def test_invalid_mode_touches_no_file(setup, tmp_path):
 
 
 def test_dry_run_computes_nothing(setup, tmp_path):
-    from jaxgrid.engine import trace_count
+    from jaxgrid.core.step import trace_count
 
     grid, fitter, X, S = setup
     path = tmp_path / "out.h5"

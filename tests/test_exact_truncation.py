@@ -14,7 +14,7 @@ import reference as ref
 from batch_helpers import BruteForceKNN, row_log_weights
 
 from jaxgrid import GridFitter, ModelGrid
-from jaxgrid.engine import Status
+from jaxgrid.core.status import Status
 
 EDGES = [np.linspace(0.0, 1.0, 51), np.linspace(0.0, 1.0, 41)]
 SIGMAS = np.geomspace(0.01, 1.0, 60)
@@ -257,7 +257,7 @@ def test_no_candidates_mode_needs_no_lists(rng):
 
 
 def test_long_lists_compile_once(rng):
-    from jaxgrid.engine import pool_trace_count, trace_count
+    from jaxgrid.core.step import pool_trace_count, trace_count
 
     grid = _grid(rng, n=3000)
     fitter = GridFitter(grid, use_standardised=False)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import reference as ref
 
-from jaxgrid.summaries import MODE_FLOOR, count_modes, hist_stats
+from jaxgrid.core.reductions import MODE_FLOOR, count_modes, hist_stats
 
 EDGES = np.linspace(0.0, 1.0, 41)
 C = 0.5 * (EDGES[1:] + EDGES[:-1])

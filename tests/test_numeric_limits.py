@@ -14,8 +14,9 @@ from scipy.special import logsumexp
 
 from jaxgrid import GridFitter, ModelGrid
 from jaxgrid.calibrate import calibrate, catalog_log_likelihood
+from jaxgrid.core.status import MIN_MASS_IN_BINS, POOR_FIT_PROBABILITY, Status
+from jaxgrid.core.step import trace_count
 from jaxgrid.demo import synthetic_magnitudes
-from jaxgrid.engine import MIN_MASS_IN_BINS, POOR_FIT_PROBABILITY, Status, trace_count
 from jaxgrid.prob import GaussianPrior1D, GaussianProductLikelihood
 
 

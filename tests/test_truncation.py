@@ -1,11 +1,11 @@
-"""`jaxgrid.truncation`: the threshold rule against a float64 NumPy sort, row by row."""
+"""`jaxgrid.core.truncation`: the threshold rule against a float64 NumPy sort, row by row."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgrid.truncation import (
+from jaxgrid.core.truncation import (
     Limits,
     float_key,
     kept_mask,

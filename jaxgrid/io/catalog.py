@@ -90,7 +90,7 @@ def _open_source(source: Any, hdf5_group: str | None, hdu: int | str):
         if name.endswith((".fits", ".fit", ".fts", ".fits.gz")):
             from astropy.table import Table
 
-            from ._fits import fits_read_errors
+            from .._fits import fits_read_errors
 
             with fits_read_errors(path, "read_catalog"):
                 table = Table.read(path, hdu=hdu)

@@ -160,7 +160,7 @@ def read_results(path: str | Path, hdf5_path: str = "results") -> Table:
     if name.endswith((".fits", ".fit", ".fts")):
         from astropy.io import fits
 
-        from .grid_files import verify_fits_checksum
+        from ..grid_format import verify_fits_checksum
 
         with fits.open(path) as hdul:
             verify_fits_checksum(hdul[1], path, "read_results")

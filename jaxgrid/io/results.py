@@ -6,7 +6,7 @@ Layout of a result group (M = catalog rows, D = summarised targets)::
     format                             attribute: "jaxgrid.fit_results/2"
     index/m (M,)                       object index
     index/written (M,) int8            0 not written, 1 ok, -1 flagged (no summaries)
-    index/status (M,) int32            engine Status bit flags (see jaxgrid.engine.Status)
+    index/status (M,) int32            engine Status bit flags (see jaxgrid.Status)
     truncation/{level, n_before, n_after, mass_kept, mass_dropped, cut_weight,
                 ess_before, ess_after} (M,)
     candidates/candidates, candidates/post_models   variable length per row

@@ -33,8 +33,9 @@ from jax import lax
 from jax.scipy.special import logsumexp
 from jaxtyping import Array
 
-from .._checks import float_dtype
-from .priors import ObservableDependentPrior, _resolve
+from ..core.checks import float_dtype
+from .posterior import log_weights_and_chi2
+from .priors import ObservableDependentPrior, resolve_column
 
 __all__ = ["BPZPrior", "HDFN", "CWWSB4_BROAD_TYPES", "fit_bpz_prior", "fit_bpz_prior_photoz"]
 
@@ -188,11 +189,11 @@ class BPZPrior(ObservableDependentPrior):
         )
 
     def resolve(self, target_names, observable_names=None):
-        z = _resolve(self.z_col, target_names, "target", "BPZPrior")
-        t = _resolve(self.type_col, target_names, "target", "BPZPrior")
+        z = resolve_column(self.z_col, target_names, "target", "BPZPrior")
+        t = resolve_column(self.type_col, target_names, "target", "BPZPrior")
         ref = self.ref_observable
         if isinstance(ref, str) or observable_names is not None:
-            ref = _resolve(ref, observable_names, "observable", "BPZPrior")
+            ref = resolve_column(ref, observable_names, "observable", "BPZPrior")
         return BPZPrior(
             self.alpha,
             self.z0,
@@ -410,7 +411,6 @@ def fit_bpz_prior_photoz(
     import jax
     from jax.scipy.special import logsumexp as lse
 
-    from ..engine import _evaluate
     from .priors import FlatPrior
 
     grid = fitter.grid
@@ -427,7 +427,7 @@ def fit_bpz_prior_photoz(
     def loglik(x, s, u):
         def row(x, s, u):
             models = (data.models, data.models_native, data.targets, data.log_weights)
-            return _evaluate(lik, flat, data, x, s, u, *models, True)[0]
+            return log_weights_and_chi2(lik, flat, data, x, s, u, *models, True)[0]
 
         return jax.vmap(row)(x, s, u)
 

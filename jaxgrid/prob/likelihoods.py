@@ -38,7 +38,7 @@ import numpy as np
 from jax.scipy.special import log_ndtr
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from .._checks import float_dtype, scalar_param
+from ..core.checks import float_dtype, scalar_param
 
 __all__ = [
     "AbstractLikelihood",

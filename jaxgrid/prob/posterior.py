@@ -21,7 +21,13 @@ from jaxtyping import Array, Bool, Float
 from .likelihoods import AbstractLikelihood
 from .priors import AbstractPrior, ObservableDependentPrior, prior_log_prob
 
-__all__ = ["log_posterior_terms", "posterior_over_models", "log_evidence", "normalise_log_weights"]
+__all__ = [
+    "log_weights_and_chi2",
+    "log_posterior_terms",
+    "posterior_over_models",
+    "log_evidence",
+    "normalise_log_weights",
+]
 
 
 def _resolved(prior, target_names: Sequence[str] | None):
@@ -131,3 +137,33 @@ def log_evidence(
         target_names,
     )
     return logsumexp(lw)
+
+
+def log_weights_and_chi2(
+    lik, prior, data, x, sigma, upper, models, native, targets, log_w, valid, ref=None
+):
+    """``(lw, chi2)`` of one row against a set of models (``-inf`` = excluded): the
+    arithmetic of the batch step and of the training objectives.
+
+    ``data``: a `jaxgrid.core.GridData` (the row's space: ``to_likelihood_space``,
+    ``native_row``, ``obs_std``); ``valid``: models to keep (bool, or True).
+
+    ``ref``: ``(model, native, targets, log_w)`` of one reference model: the log
+    weights are then ``lw - lw_ref``, computed from differences to it (accurate
+    for rows far from every model; ``chi2`` is not computed, zeros)."""
+    xs, ss = data.to_likelihood_space(x, sigma)
+    xn = data.native_row(x)
+    if ref is None:
+        ll, chi2 = lik.log_likelihood_and_chi2(xs, ss, models, upper)
+        lw = ll + prior_log_prob(prior, targets, native, xn) + log_w
+    else:
+        r_model, r_native, r_targets, r_log_w = ref
+        # model - reference from the native values (exact for close models), then scaled
+        delta = (native - r_native) / data.obs_std
+        ll = lik.log_likelihood_ratio(xs, ss, models, r_model, upper, delta)
+        lp = prior_log_prob(prior, targets, native, xn)
+        lp_ref = prior_log_prob(prior, r_targets[None], r_native[None], xn)[0]
+        lw = ll + (lp - lp_ref) + (log_w - r_log_w)
+        chi2 = jnp.zeros_like(lw)
+    lw = jnp.where(valid & ~jnp.isnan(lw), lw, -jnp.inf)
+    return lw, jnp.where(jnp.isfinite(lw), chi2, jnp.inf)

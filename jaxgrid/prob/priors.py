@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._checks import float_dtype, is_traced, scalar_param
+from ..core.checks import float_dtype, is_traced, scalar_param
 
 __all__ = [
     "AbstractPrior",
@@ -51,12 +51,20 @@ __all__ = [
     "CompositePrior",
     "ObservableCompositePrior",
     "prior_log_prob",
+    "resolve_column",
 ]
 
 Column = str | int
 
 
-def _resolve(col: Column, names: Sequence[str] | None, what: str, owner: str) -> int:
+def _is_grid(value: Any) -> bool:
+    """A model grid (duck-typed: the host's `ModelGrid` is not imported by the core)."""
+    return all(hasattr(value, a) for a in ("get_target", "get_observable", "target_names"))
+
+
+def resolve_column(col: Column, names: Sequence[str] | None, what: str, owner: str) -> int:
+    """The index of column ``col`` (a name or an index) in ``names``; ``owner`` and
+    ``what`` name it in the error."""
     if isinstance(col, (int, np.integer)) and not isinstance(col, bool):
         if names is not None and not -len(names) <= int(col) < len(names):
             raise IndexError(f"{owner}: {what} index {col} out of range for {list(names)}.")
@@ -102,9 +110,7 @@ def _edges(edges: Any, name: str, owner: str) -> np.ndarray:
 
 def _target_values(targets: Any, col: Column, owner: str) -> np.ndarray:
     """Host float64 values of one target from a ModelGrid, (N, Q) or (N,) array."""
-    from ..grid import ModelGrid
-
-    if isinstance(targets, ModelGrid):
+    if _is_grid(targets):
         return np.asarray(targets.get_target(col), dtype=np.float64)
     arr = np.asarray(targets, dtype=np.float64)
     if arr.ndim == 1:
@@ -177,7 +183,7 @@ class _Prior1D(AbstractPrior):
     def resolve(self, target_names, observable_names=None):
         owner = type(self).__name__
         return dataclasses.replace(
-            self, target_col=_resolve(self.target_col, target_names, "target", owner)
+            self, target_col=resolve_column(self.target_col, target_names, "target", owner)
         )
 
     def _t(self, targets: Array) -> Array:
@@ -454,7 +460,7 @@ class EmpiricalFlatteningPriorND(AbstractPrior):
 
     def resolve(self, target_names, observable_names=None):
         owner = type(self).__name__
-        cols = tuple(_resolve(c, target_names, "target", owner) for c in self.target_cols)
+        cols = tuple(resolve_column(c, target_names, "target", owner) for c in self.target_cols)
         return dataclasses.replace(self, target_cols=cols)
 
     def _table(self, t: np.ndarray, w: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
@@ -474,9 +480,7 @@ class EmpiricalFlatteningPriorND(AbstractPrior):
     def fit_from_targets(self, targets: Any, weights: Any = None) -> EmpiricalFlatteningPriorND:
         """The fitted prior, from a ModelGrid or an (N, Q) targets array."""
         owner = type(self).__name__
-        from ..grid import ModelGrid
-
-        if isinstance(targets, ModelGrid):
+        if _is_grid(targets):
             t = np.stack(
                 [np.asarray(targets.get_target(c), np.float64) for c in self.target_cols], 1
             )
@@ -565,10 +569,10 @@ class MagDependentRedshiftPrior(ObservableDependentPrior):
         owner = type(self).__name__
         mag = self.mag_observable_index
         if isinstance(mag, str) or observable_names is not None:
-            mag = _resolve(mag, observable_names, "observable", owner)
+            mag = resolve_column(mag, observable_names, "observable", owner)
         return dataclasses.replace(
             self,
-            z_col=_resolve(self.z_col, target_names, "target", owner),
+            z_col=resolve_column(self.z_col, target_names, "target", owner),
             mag_observable_index=mag,
         )
 
@@ -579,9 +583,7 @@ class MagDependentRedshiftPrior(ObservableDependentPrior):
     def fit_from_grid(self, observables: Any, targets: Any = None, weights: Any = None):
         """The fitted prior from a ModelGrid, or from (N, P) observables and (N, Q) targets."""
         owner = type(self).__name__
-        from ..grid import ModelGrid
-
-        if isinstance(observables, ModelGrid):
+        if _is_grid(observables):
             grid = observables
             weights = grid.weights if weights is None else weights
             m = np.asarray(grid.get_observable(self.mag_observable_index), np.float64)

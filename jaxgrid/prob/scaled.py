@@ -51,7 +51,7 @@ from jax import lax
 from jax.scipy.special import log_ndtr
 from jaxtyping import ArrayLike
 
-from .._checks import scalar_param
+from ..core.checks import scalar_param
 from .likelihoods import AbstractLikelihood
 
 __all__ = ["ScaledGaussianLikelihood"]
@@ -101,10 +101,10 @@ class ScaledGaussianLikelihood(AbstractLikelihood):
         self.extensive_targets = tuple(extensive_targets)
 
     def resolve(self, target_names):
-        from .priors import _resolve
+        from .priors import resolve_column
 
         cols = tuple(
-            _resolve(c, target_names, "target", "ScaledGaussianLikelihood")
+            resolve_column(c, target_names, "target", "ScaledGaussianLikelihood")
             for c in self.extensive_targets
         )
         return ScaledGaussianLikelihood(

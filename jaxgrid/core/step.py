@@ -11,7 +11,7 @@ Per row, over its *pool* of models — the whole grid (in ``n_blocks`` blocks of
 1. log weights ``lw_i = log L + log pi + log w`` and ``chi2_i``;
 2. totals: ``log Z`` (log-sum-exp), ``sum w^2`` (ESS), ``chi2_min``, the best
    model and the row's sorted top ``list_k`` models;
-3. truncation (`jaxgrid.truncation`): a log-weight threshold whose super-level
+3. truncation (`jaxgrid.core.truncation`): a log-weight threshold whose super-level
    set is the kept set, of any size from 1 to the pool. When every row of the
    chunk is decided by its top list (`select_sorted`), the summaries run on the
    lists; otherwise the chunk finds each row's threshold by bisection
@@ -28,7 +28,6 @@ Nothing here touches the host.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import NamedTuple
 
 import equinox as eqx
@@ -37,9 +36,10 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from .fitter import GridData
-from .prob.priors import prior_log_prob
-from .summaries import (
+from ..prob.posterior import log_weights_and_chi2
+from ..prob.priors import prior_log_prob
+from .data import GridData
+from .reductions import (
     Moments,
     argmax_last,
     bin_index,
@@ -53,11 +53,10 @@ from .summaries import (
     moments,
     top_k_two_level,
 )
+from .status import BAD_STATUS, MIN_MASS_IN_BINS, Status
 from .truncation import Limits, Selection, kept_mask, select_search, select_sorted
 
 __all__ = [
-    "Status",
-    "BAD_STATUS",
     "StepConfig",
     "StepParams",
     "Chunk",
@@ -65,44 +64,12 @@ __all__ = [
     "chunk_step",
     "model_bins",
     "pool_log_weights",
-    "MIN_MASS_IN_BINS",
-    "POOR_FIT_PROBABILITY",
     "REFINE_LOG_WEIGHT",
     "pool_trace_count",
     "trace_count",
 ]
 
 
-class Status(enum.IntFlag):
-    """Per-row status bit flags (``0`` = ok). Rows with any of `BAD_STATUS` have NaN
-    summaries and no candidates; the other flags are warnings."""
-
-    OK = 0
-    NO_OBSERVABLES = 1  #: no band with a finite value and error
-    NO_CANDIDATES = 2  #: the preselection gave this row no candidate
-    ZERO_WEIGHT = 4  #: every model has zero posterior weight (log L + log prior = -inf)
-    KDE_FALLBACK = 8  #: KDE impossible (one effective sample): histogram used instead
-    MASS_CAP = 16  #: the user's posterior_keep_max_candidates bound before keep_mass was reached
-    FULL_GRID_FALLBACK = 32  #: preselection failed for this row; the full grid was used
-    #: invalid inputs were treated as missing bands (infinite values, errors <= 0, values
-    #: beyond float32's range); with NO_CANDIDATES: the binner gave indices off the grid
-    BAD_INPUT = 64
-    NO_MASS_IN_BINS = 128  #: a summarised target has no posterior mass inside its bins
-    #: a summarised target has less than `MIN_MASS_IN_BINS` of the kept mass inside its bins
-    LOW_MASS_IN_BINS = 256
-    #: chi2_min is implausible for the row's bands: P(chi2_dof >= chi2_min) < `POOR_FIT_PROBABILITY`
-    POOR_FIT = 512
-
-
-BAD_STATUS = Status.NO_OBSERVABLES | Status.NO_CANDIDATES | Status.ZERO_WEIGHT
-
-#: Rows whose summarised targets have less than this fraction of the kept posterior mass
-#: inside their bins are flagged `Status.LOW_MASS_IN_BINS` (their summaries describe
-#: only the in-bin part); ``mass_in_bins`` reports the fraction per target.
-MIN_MASS_IN_BINS = 0.9
-#: `Status.POOR_FIT` when the chi-square survival probability of ``chi2_min`` for the
-#: row's degrees of freedom (`AbstractLikelihood.chi2_dof`) is below this.
-POOR_FIT_PROBABILITY = 1e-6
 #: Rows whose largest log weight or chi2_min exceeds this in size get their log weights
 #: again *relative to their best model* (`AbstractLikelihood.log_likelihood_ratio`): a
 #: float32 log weight of -1.8e5 is only known to +-0.008, which moves weights by ~1 %.
@@ -261,32 +228,6 @@ def _stat_columns(targets: Array, config: StepConfig) -> Array:
     return jnp.stack([targets[..., c] for c in config.stat_cols], axis=-1)
 
 
-def _evaluate(
-    lik, prior, data: GridData, x, sigma, upper, models, native, targets, log_w, valid, ref=None
-):
-    """``(lw, chi2)`` of one row against a set of models (``-inf`` = excluded).
-
-    ``ref``: ``(model, native, targets, log_w)`` of one reference model: the log
-    weights are then ``lw - lw_ref``, computed from differences to it (accurate
-    for rows far from every model; ``chi2`` is not computed, zeros)."""
-    xs, ss = data.to_likelihood_space(x, sigma)
-    xn = data.native_row(x)
-    if ref is None:
-        ll, chi2 = lik.log_likelihood_and_chi2(xs, ss, models, upper)
-        lw = ll + prior_log_prob(prior, targets, native, xn) + log_w
-    else:
-        r_model, r_native, r_targets, r_log_w = ref
-        # model - reference from the native values (exact for close models), then scaled
-        delta = (native - r_native) / data.obs_std
-        ll = lik.log_likelihood_ratio(xs, ss, models, r_model, upper, delta)
-        lp = prior_log_prob(prior, targets, native, xn)
-        lp_ref = prior_log_prob(prior, r_targets[None], r_native[None], xn)[0]
-        lw = ll + (lp - lp_ref) + (log_w - r_log_w)
-        chi2 = jnp.zeros_like(lw)
-    lw = jnp.where(valid & ~jnp.isnan(lw), lw, -jnp.inf)
-    return lw, jnp.where(jnp.isfinite(lw), chi2, jnp.inf)
-
-
 def _needs_refinement(m, chi2_min):
     """Rows whose log weights are large enough for float32 rounding to move weights."""
     big = (jnp.abs(m) > REFINE_LOG_WEIGHT) | (chi2_min > 2.0 * REFINE_LOG_WEIGHT)
@@ -294,7 +235,7 @@ def _needs_refinement(m, chi2_min):
 
 
 def _grid_ref(data: GridData, i):
-    """The `_evaluate` reference tuple of grid model ``i``."""
+    """The `log_weights_and_chi2` reference tuple of grid model ``i``."""
     return data.models[i], data.models_native[i], data.targets[i], data.log_weights[i]
 
 
@@ -509,13 +450,15 @@ def _single_block(config, data, lik, prior, params, chunk: Chunk, model_bins) ->
 
     def evaluate(x, sigma, upper, c, cmask):
         models, native, targets, log_w, valid, _ = pool(x, sigma, upper, c, cmask)
-        return _evaluate(lik, prior, data, x, sigma, upper, models, native, targets, log_w, valid)
+        return log_weights_and_chi2(
+            lik, prior, data, x, sigma, upper, models, native, targets, log_w, valid
+        )
 
     def evaluate_ref(x, sigma, upper, c, cmask, pos):
         """The row's log weights relative to its pool model ``pos``."""
         models, native, targets, log_w, valid, _ = pool(x, sigma, upper, c, cmask)
         ref = (models[pos], native[pos], targets[pos], log_w[pos])
-        return _evaluate(
+        return log_weights_and_chi2(
             lik, prior, data, x, sigma, upper, models, native, targets, log_w, valid, ref
         )[0]
 
@@ -698,13 +641,15 @@ def _blocked(config, data, lik, prior, params, chunk: Chunk, model_bins) -> Chun
 
     def plain_lw(x, sigma, upper, blk):
         models, native, targets, log_w, gidx, bins = blk
-        return _evaluate(lik, prior, data, x, sigma, upper, models, native, targets, log_w, True)
+        return log_weights_and_chi2(
+            lik, prior, data, x, sigma, upper, models, native, targets, log_w, True
+        )
 
     def refined_lw(x, sigma, upper, blk, ref):
         """Relative to grid model ``ref`` where ``ref >= 0``, else plain."""
         models, native, targets, log_w, gidx, bins = blk
         lw, chi2 = plain_lw(x, sigma, upper, blk)
-        lw_r, _ = _evaluate(
+        lw_r, _ = log_weights_and_chi2(
             lik,
             prior,
             data,
@@ -965,7 +910,7 @@ def pool_log_weights(
     """``(rows, block_size)`` log weights of a chunk's rows over model block ``block``
     of the grid (or over each row's candidates): what the host needs to list the
     kept models of rows whose kept set is longer than ``list_k``. Same arithmetic
-    as `chunk_step` (`_evaluate`): rows with ``chunk.ref >= 0`` (the step's
+    as `chunk_step` (`log_weights_and_chi2`): rows with ``chunk.ref >= 0`` (the step's
     `ChunkOutput.ref`) relative to that grid model, as the step refined them."""
     global _POOL_TRACES
     _POOL_TRACES += 1
@@ -985,10 +930,10 @@ def pool_log_weights(
             models, native = data.models[safe], data.models_native[safe]
             targets, log_w, valid = data.targets[safe], data.log_weights[safe], cmask
         args = (likelihood, prior, data, x, sigma, upper, models, native, targets, log_w, valid)
-        lw = _evaluate(*args)[0]
+        lw = log_weights_and_chi2(*args)[0]
         if ref is None:
             return lw
-        lw_r = _evaluate(*args, _grid_ref(data, jnp.maximum(ref, 0)))[0]
+        lw_r = log_weights_and_chi2(*args, _grid_ref(data, jnp.maximum(ref, 0)))[0]
         return jnp.where(ref >= 0, lw_r, lw)
 
     return jax.vmap(row)(chunk.x, chunk.sigma, chunk.upper, chunk.cand, chunk.cand_mask, chunk.ref)

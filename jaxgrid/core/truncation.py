@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
-from .summaries import cumsum_last
+from .reductions import cumsum_last
 
 __all__ = [
     "Limits",
