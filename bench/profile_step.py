@@ -15,9 +15,11 @@ import numpy as np
 from jax import lax
 
 from jaxgrid import GridFitter, ModelGrid
-from jaxgrid.batch import _Runner, plan_batch
+from jaxgrid.batch import BatchOptions, plan_batch
+from jaxgrid.batch.run import _Runner
 from jaxgrid.core.reductions import top_k_two_level
-from jaxgrid.core.step import _evaluate, chunk_step
+from jaxgrid.core.step import chunk_step
+from jaxgrid.prob.posterior import log_weights_and_chi2
 
 
 def timed(fn, reps=5):
@@ -36,31 +38,16 @@ def main(n=100_000, p=6, c=64):
     fitter = GridFitter(grid, use_standardised=False)
     X = obs[:c] + 0.05
     S = np.full((c, p), 0.05, np.float32)
-    plan = plan_batch(
-        fitter,
-        X,
-        S,
-        binner=None,
-        stats_for=["t0", "t1", "t2", "t3"],
-        stats_bins=[np.linspace(0, 1, 101)] * 4,
-        find_multimodal=False,
-        use_kde_for_stats=False,
-        return_pdf_for_stats=False,
-        keep_mass=0.99,
-        keep_min=128,
-        keep_max=None,
-        keep_ties=False,
-        chunk_size=c,
-        upper_limits=None,
-        model_block_size=None,
-        memory_budget=None,
+    options = BatchOptions(
+        stats_for=["t0", "t1", "t2", "t3"], stats_bins=[np.linspace(0, 1, 101)] * 4, chunk_size=c
     )
+    plan = plan_batch(fitter, X, S, options)
     runner = _Runner(fitter, plan, None, 1)
     (chunk,), *_ = runner._prepare(np.arange(c))
-    data, lik, prior = runner.datas[0], fitter._likelihood_in_space, fitter.prior
+    data, lik, prior = runner.datas[0], fitter.likelihood_in_space, fitter.prior
 
     def evaluate(x, s):
-        return _evaluate(
+        return log_weights_and_chi2(
             lik,
             prior,
             data,

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from photoz_vs_bpz import BANDS, bpz_equivalent_inputs  # noqa: E402
 
 from jaxgrid import GridFitter  # noqa: E402
-from jaxgrid.batch import _Runner, plan_batch  # noqa: E402
+from jaxgrid.batch import BatchOptions, plan_batch  # noqa: E402
+from jaxgrid.batch.run import _Runner  # noqa: E402
 from jaxgrid.core.step import chunk_step  # noqa: E402
 from jaxgrid.data import DC2_TRAINING, data_path  # noqa: E402
 from jaxgrid.photometry import build_template_grid  # noqa: E402
@@ -49,26 +50,17 @@ def photoz_plan(c):
     lik = ScaledGaussianLikelihood(mode="profile", nondetection="zero_flux")
     prior = BPZPrior.hdfn(grid, "flux_i", flux_zero_point=0.0)
     fitter = GridFitter(grid, lik, prior, use_standardised=False)
-    plan = plan_batch(
-        fitter,
-        F,
-        SF,
-        binner=None,
+    options = BatchOptions(
         stats_for=["z"],
         stats_bins=[edges],
-        find_multimodal=False,
-        use_kde_for_stats=False,
         return_pdf_for_stats=True,
-        keep_mass=1.0,
-        keep_min=1,
-        keep_max=None,
-        keep_ties=False,
+        posterior_keep_mass=1.0,
+        posterior_keep_min_candidates=1,
         chunk_size=c,
         upper_limits=upper,
-        model_block_size=None,
-        memory_budget=None,
         return_candidates=False,
     )
+    plan = plan_batch(fitter, F, SF, options)
     return grid, fitter, plan
 
 
@@ -91,25 +83,8 @@ def dense_plan(c, b1=False):
     p, q = obs.shape[1], tgt.shape[1]
     grid = ModelGrid(obs, tgt, [f"b{i}" for i in range(p)], [f"t{i}" for i in range(q)])
     fitter = GridFitter(grid, use_standardised=False)
-    plan = plan_batch(
-        fitter,
-        X,
-        S,
-        binner=None,
-        stats_for=[f"t{i}" for i in range(q)],
-        stats_bins=bins,
-        find_multimodal=False,
-        use_kde_for_stats=False,
-        return_pdf_for_stats=False,
-        keep_mass=0.99,
-        keep_min=128,
-        keep_max=None,
-        keep_ties=False,
-        chunk_size=c,
-        upper_limits=None,
-        model_block_size=None,
-        memory_budget=None,
-    )
+    options = BatchOptions(stats_for=[f"t{i}" for i in range(q)], stats_bins=bins, chunk_size=c)
+    plan = plan_batch(fitter, X, S, options)
     return grid, fitter, plan
 
 
@@ -126,7 +101,7 @@ def main():
         grid, fitter, plan = dense_plan(c, b1=args.workload == "b1")
     runner = _Runner(fitter, plan, None, 1)
     (chunk,), *_ = runner._prepare(np.arange(c))
-    step_args = (plan.config, runner.datas[0], fitter._likelihood_in_space, fitter.prior)
+    step_args = (plan.config, runner.datas[0], fitter.likelihood_in_space, fitter.prior)
     step_args = step_args + (plan.params, chunk)
 
     def step():

@@ -80,7 +80,7 @@ def _apply(params, x, s, zp_kind, fixed_mask):
 
 def _make_chunk_fn(fitter, prior_fn, zp_kind, fixed_mask):
     data = fitter.data
-    lik = fitter._likelihood_in_space
+    lik = fitter.likelihood_in_space
     grid = fitter.grid
 
     def prior_of(params):

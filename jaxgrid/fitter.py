@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -20,6 +22,7 @@ from .core.checks import cast_overflows, float_dtype, is_traced, masked_to_nan
 from .core.data import GridData
 from .core.reductions import histogram_density, weighted_histogram
 from .grid import ModelGrid
+from .prepared import PreparedGrid
 from .prob.likelihoods import AbstractLikelihood, GaussianProductLikelihood
 from .prob.posterior import log_posterior_terms, normalise_log_weights
 from .prob.priors import AbstractPrior, FlatPrior, ObservableDependentPrior
@@ -29,55 +32,11 @@ __all__ = ["GridFitter", "GridData"]
 logger = logging.getLogger("jaxgrid")
 
 
-def prepare_grid(grid: ModelGrid, use_standardised: bool) -> GridData:
-    """Build the `GridData` of ``grid`` (z-scored with its fitted standardiser if asked)."""
-    dt = float_dtype()
-    p = grid.n_observables
-    if use_standardised:
-        mean64, std64 = grid.standardiser.mean, grid.standardiser.std
-    else:
-        mean64, std64 = np.zeros(p), np.ones(p)
-    mean, std = jnp.asarray(mean64, dtype=dt), jnp.asarray(std64, dtype=dt)
-    observables = _in_dtype(grid.observables, "observables", dt)
-    # z-scored in float64 on the host, then cast: one rounding of an O(1) value
-    # instead of the float32 difference of two magnitudes near 20
-    models = (np.asarray(grid.observables, np.float64) - mean64) / std64
-    log_w = (
-        jnp.zeros(grid.n_models, dt)
-        if grid.weights is None
-        else jnp.log(_in_dtype(grid.weights, "weights", dt))
-    )
-    return GridData(
-        models=jnp.asarray(models, dtype=dt),
-        models_native=observables,
-        targets=_in_dtype(grid.targets, "targets", dt),
-        log_weights=log_w,
-        obs_mean=mean,
-        obs_std=std,
-    )
-
-
 def _host_cast(value):
     arr = np.asarray(value)
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         return arr  # let jnp.asarray report it
     return cast_overflows(arr, float_dtype())
-
-
-def _in_dtype(values: Array, what: str, dt) -> Array:
-    """A grid array in the working dtype. A grid built with float64 (``jax_enable_x64``
-    on) and fitted in float32 is cast here, and checked after the cast: values beyond
-    float32's range would become inf (positive weights below it, 0)."""
-    if values.dtype == dt:
-        return values
-    host = np.asarray(values)
-    out = cast_overflows(host, dt)
-    if not np.all(np.isfinite(out)) or np.any((host > 0) & (out == 0)):
-        raise ValueError(
-            f"GridFitter: the grid's `{what}` (built as {host.dtype}) have values outside the "
-            f"{np.dtype(dt)} range; rescale them, or enable jax_enable_x64 for the fit too."
-        )
-    return jnp.asarray(out)
 
 
 @eqx.filter_jit
@@ -149,21 +108,24 @@ class GridFitter:
             grid.fit_standardiser()
             logger.info("GridFitter: fitted the grid's observable standardiser.")
         self.likelihood = likelihood
-        self.prior = prior.resolve(grid.target_names, grid.observable_names)
-        resolved = likelihood.resolve(grid.target_names)
-        self._likelihood_in_space = (
-            resolved.to_standardised(grid.standardiser.mean, grid.standardiser.std)
-            if self.use_standardised
-            else resolved
-        )
-        self.data = prepare_grid(grid, self.use_standardised)
-        p = grid.n_observables
-        #: float64 snapshot of the standardiser (the batch fitter z-scores rows with it)
-        self.row_mean_std = (
-            (np.array(grid.standardiser.mean, np.float64), np.array(grid.standardiser.std))
-            if self.use_standardised
-            else (np.zeros(p), np.ones(p))
-        )
+        #: everything derived from the grid, once (`jaxgrid.prepared.PreparedGrid`)
+        self.prepared = PreparedGrid(grid, likelihood, prior, self.use_standardised)
+        self.prior = self.prepared.prior
+
+    @property
+    def data(self) -> GridData:
+        """The device snapshot of the grid (`PreparedGrid.data`)."""
+        return self.prepared.data
+
+    @property
+    def likelihood_in_space(self) -> AbstractLikelihood:
+        """The likelihood resolved on the grid, in the space it is evaluated in."""
+        return self.prepared.likelihood
+
+    @property
+    def row_mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """float64 snapshot of the standardiser (the batch fitter z-scores rows with it)."""
+        return self.prepared.mean_std
 
     # -------------------------------------------------------------- checks
     def _row(self, x_native, sigma_native, upper_limits, candidate_idx):
@@ -218,7 +180,7 @@ class GridFitter:
 
     def _log_weights(self, x_native, sigma_native, candidate_idx, upper_limits):
         x, s, upper, cand = self._row(x_native, sigma_native, upper_limits, candidate_idx)
-        return _row_log_weights(self.data, self._likelihood_in_space, self.prior, x, s, upper, cand)
+        return _row_log_weights(self.data, self.likelihood_in_space, self.prior, x, s, upper, cand)
 
     # ------------------------------------------------------------- results
     def posterior_over_models(
@@ -265,7 +227,7 @@ class GridFitter:
         x, s, upper, cand = self._row(x_native, sigma_native, upper_limits, candidate_idx)
         pick = slice(None) if cand is None else cand
         values = self.data.targets[pick, col]
-        lik = self._likelihood_in_space
+        lik = self.likelihood_in_space
         if col in lik.extensive_cols():  # e.g. logM + log10(amplitude), per model
             xs, ss = self.data.to_likelihood_space(x, s)
             values = values + lik.target_shift(xs, ss, self.data.models[pick], upper)
@@ -288,7 +250,43 @@ class GridFitter:
 
         return corner_for_targets(self, x_native, sigma_native, target_cols, **kwargs)
 
-    def fit_batch(self, X_native, SIG_native, *args, **kwargs):
+    def fit_batch(
+        self,
+        X_native,
+        SIG_native,
+        binner=None,
+        n_jobs: int = 1,
+        backend: str = "thread",
+        stats_for: Sequence[str | int] | None = None,
+        stats_bins: Sequence[Any] | None = None,
+        find_multimodal: bool = False,
+        use_kde_for_stats: bool = False,
+        return_pdf_for_stats: bool = False,
+        verbose: bool = True,
+        posterior_keep_mass: float = 0.99,
+        posterior_keep_min_candidates: int | None = None,
+        posterior_keep_max_candidates: int | None = None,
+        posterior_keep_ties: bool = False,
+        return_mode: str = "iter",
+        output_hdf5_path=None,
+        output_hdf5_group: str = "/fit_batch",
+        output_hdf5_overwrite: bool = False,
+        output_hdf5_compression: str | None = "gzip",
+        output_hdf5_compression_opts: int | None = 4,
+        output_hdf5_flush_every: int = 256,
+        output_hdf5_write_only: bool = False,
+        dry_run: bool = False,
+        *,
+        chunk_size: int | None = None,
+        resume: bool = False,
+        progress: bool | Callable[[int, int], None] | None = None,
+        upper_limits=None,
+        ids=None,
+        model_block_size: int | None = None,
+        memory_budget_bytes: int | None = None,
+        fallback_to_full_grid: bool = True,
+        return_candidates: bool = True,
+    ):
         """Fit a catalog: posterior, truncation and summaries for every row, in chunks.
 
         Each fixed-size chunk of rows runs through **one** jitted step (compiled
@@ -379,9 +377,12 @@ class GridFitter:
         below `jaxgrid.core.status.MIN_MASS_IN_BINS`; ``POOR_FIT`` for a chi2_min
         with survival probability below 1e-6 for the row's bands).
         """
-        from .batch import fit_batch
+        from .batch import BatchOptions, fit_batch
 
-        return fit_batch(self, X_native, SIG_native, *args, **kwargs)
+        settings = dict(locals())  # exactly the keywords above: BatchOptions' fields
+        for name in ("self", "X_native", "SIG_native", "BatchOptions", "fit_batch"):
+            settings.pop(name)
+        return fit_batch(self, X_native, SIG_native, BatchOptions(**settings))
 
 
 def _warn_if_unusable(log_z: Array) -> None:

@@ -214,30 +214,15 @@ def test_blocked_equals_unblocked(rng):
 
 
 def test_memory_budget_blocks_the_model_axis(rng):
-    from jaxgrid.batch import plan_batch
+    from jaxgrid.batch import BatchOptions, plan_batch
 
     grid = make_grid(rng, n=5000, p=3, q=1)
     fitter = GridFitter(grid)
     X, S = _catalog(grid, rng, m=64)
-    plan = plan_batch(
-        fitter,
-        X,
-        S,
-        binner=None,
-        stats_for=None,
-        stats_bins=None,
-        find_multimodal=False,
-        use_kde_for_stats=False,
-        return_pdf_for_stats=False,
-        keep_mass=0.99,
-        keep_min=16,
-        keep_max=None,
-        keep_ties=False,
-        chunk_size=64,
-        upper_limits=None,
-        model_block_size=None,
-        memory_budget=64 * 32 * 1200,
+    options = BatchOptions(
+        posterior_keep_min_candidates=16, chunk_size=64, memory_budget_bytes=64 * 32 * 1200
     )
+    plan = plan_batch(fitter, X, S, options)
     assert plan.config.n_blocks > 1 and plan.config.block_size * 64 * 32 <= 64 * 32 * 1200
 
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from jaxgrid import GridFitter, ModelGrid
-from jaxgrid.batch.layouts import histogram_layout
 from jaxgrid.core.reductions import (
     argmax_last,
     bin_index,
     cumsum_last,
     dense_histogram,
 )
+from jaxgrid.prepared import histogram_layout
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 301, 1024, 1031])
@@ -116,7 +116,7 @@ def test_fit_batch_with_each_layout_matches_float64_reference(rng, order):
 
 
 def test_bin_constant_values():
-    from jaxgrid.batch.layouts import bin_constant_values
+    from jaxgrid.prepared import bin_constant_values
 
     bins = np.array([0, 0, 2, 2, 2])
     got = bin_constant_values(np.array([1.5, 1.5, 3.0, 3.0, 3.0]), bins, 3)

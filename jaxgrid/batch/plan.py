@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from typing import Any
@@ -14,16 +13,13 @@ import numpy as np
 
 from ..core.checks import cast_overflows, float_dtype, masked_to_nan
 from ..core.data import GridData
-from ..core.reductions import bin_index
 from ..core.status import POOR_FIT_PROBABILITY, Status
-from ..core.step import StepConfig, StepParams, model_bins
-from .layouts import bin_constant_values, histogram_layout
+from ..core.step import StepConfig, StepParams
+from ..prepared import array_digest
+from .options import BatchOptions
 
 logger = logging.getLogger("jaxgrid")
 
-logger = logging.getLogger("jaxgrid")
-
-RETURN_MODES = ("iter", "list", "chunks", "table")
 #: Keys of a per-object result dict and of its ``stats`` dict; targets may not use them.
 RESERVED_KEYS = frozenset(
     {
@@ -48,7 +44,6 @@ FAST_K = 128
 #: ~15-30 us per row for k ~ 100 (a whole-row sort), NumPy's argsort ~2 us.
 HOST_ORDER_MAX = 512
 _NO_BOUND = 2**31 - 1  # keep_max when the user sets none
-DEFAULT_KEEP_MIN = 128  # posterior_keep_min_candidates when not given (a smaller max caps it)
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes of per-chunk temporaries on the CPU
 _BYTES_PER_PAIR = 32  # float32 temporaries per (row, model) pair in the step, generous
 _CACHE_BYTES = 8 * 2**20  # default chunks keep one (rows x models) float32 array this small
@@ -73,41 +68,6 @@ class BatchPlan:
     keep: dict[str, Any]
     return_pdf: bool
     configuration: dict[str, Any]
-
-
-def _integer(value: Any, name: str, low: int | None = None, optional: bool = False) -> None:
-    """Refuse a count that is not an integer (512.0 is one, 512.5 and "512" are not)."""
-    if value is None and optional:
-        return
-    integral = isinstance(value, (int, np.integer)) or (
-        isinstance(value, (float, np.floating)) and float(value).is_integer()
-    )
-    if isinstance(value, (bool, np.bool_)) or not integral:
-        kind = "an integer" + (" or None" if optional else "")
-        err = ValueError if isinstance(value, (float, np.floating)) else TypeError
-        raise err(f"`{name}` must be {kind}, got {value!r}.")
-    if low is not None and int(value) < low:
-        raise ValueError(f"`{name}` must be >= {low}, got {value!r}.")
-
-
-def _check_options(opts: dict[str, Any]) -> None:
-    """fit_batch's scalar options, checked before anything is computed or any file opened."""
-    _integer(opts["chunk_size"], "chunk_size", 1, optional=True)
-    _integer(opts["n_jobs"], "n_jobs", optional=True)  # None, 0 and -1: one thread
-    _integer(opts["output_hdf5_flush_every"], "output_hdf5_flush_every", 1)
-    _integer(opts["model_block_size"], "model_block_size", 1, optional=True)
-    _integer(opts["memory_budget_bytes"], "memory_budget_bytes", 0, optional=True)
-    kmin, kmax = opts["posterior_keep_min_candidates"], opts["posterior_keep_max_candidates"]
-    _integer(kmin, "posterior_keep_min_candidates", 1, optional=True)
-    _integer(kmax, "posterior_keep_max_candidates", 1, optional=True)
-    if kmin is not None and kmax is not None and int(kmin) > int(kmax):
-        raise ValueError(
-            f"`posterior_keep_min_candidates` ({kmin}) > `posterior_keep_max_candidates` "
-            f"({kmax}): the minimum kept count cannot exceed the maximum; lower the minimum."
-        )
-    mass = opts["posterior_keep_mass"]
-    if isinstance(mass, (bool, np.bool_)) or not isinstance(mass, (int, float, np.number)):
-        raise TypeError(f"`posterior_keep_mass` must be a number in (0, 1], got {mass!r}.")
 
 
 def _float_rows(a: Any, name: str, names: list[str]) -> np.ndarray:
@@ -187,40 +147,6 @@ def _resolve_stats(grid, stats_for, stats_bins) -> tuple[list[int], list[str], l
     return cols, names, bins
 
 
-def _digest(*arrays: Any) -> str:
-    h = hashlib.sha1()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a))
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _module_digest(module: Any) -> str:
-    leaves, treedef = jax.tree_util.tree_flatten(module)
-    return hashlib.sha1((str(treedef) + _digest(*leaves)).encode()).hexdigest()
-
-
-def _padded_data(data: GridData, n_blocks: int, block: int) -> GridData:
-    n = data.models.shape[0]
-    pad = n_blocks * block - n
-    if pad == 0:
-        return data
-
-    def padrows(a, value):
-        return jnp.concatenate([a, jnp.full((pad,) + a.shape[1:], value, a.dtype)])
-
-    return GridData(
-        models=padrows(data.models, 0.0),
-        models_native=padrows(data.models_native, 0.0),
-        targets=padrows(data.targets, 0.0),
-        log_weights=padrows(data.log_weights, -jnp.inf),  # padding models are excluded
-        obs_mean=data.obs_mean,
-        obs_std=data.obs_std,
-        rows_standardised=data.rows_standardised,
-    )
-
-
 def poor_fit_chi2(n_obs: int, probability: float = POOR_FIT_PROBABILITY) -> np.ndarray:
     """(n_obs + 1,) ``chi2.isf(probability, dof)`` for dof = 0..n_obs (``inf`` at 0:
     nothing to test): `StepParams.poor_fit_chi2`."""
@@ -243,29 +169,51 @@ def _memory_budget() -> int:
     return DEFAULT_MEMORY_BUDGET
 
 
-def plan_batch(
-    fitter,
-    X_native,
-    SIG_native,
-    *,
-    binner,
-    stats_for,
-    stats_bins,
-    find_multimodal,
-    use_kde_for_stats,
-    return_pdf_for_stats,
-    keep_mass,
-    keep_min,
-    keep_max,
-    keep_ties,
-    chunk_size,
-    upper_limits,
-    model_block_size,
-    memory_budget,
-    fallback_to_full_grid=True,
-    return_candidates=True,
-) -> BatchPlan:
-    grid = fitter.grid
+def plan_batch(fitter, X_native, SIG_native, options: BatchOptions) -> BatchPlan:
+    """Validate a catalog and decide how `fit_batch` computes it: the rows as the device
+    will see them (bad values flagged), the summarised targets and their bins, the
+    step's static configuration(s) and parameters (from the fitter's `PreparedGrid`),
+    the chunk size and the configuration the output file records. Computes nothing."""
+    grid, o = fitter.grid, options
+    X, S, U, host_flags = _rows(grid, X_native, SIG_native, o.upper_limits)
+    cols, names, bins = _resolve_stats(grid, o.stats_for, o.stats_bins)
+    keep_mass = o.posterior_keep_mass
+    if not 0.0 < float(keep_mass) <= 1.0:
+        raise ValueError(f"`posterior_keep_mass` must be in (0, 1], got {keep_mass}.")
+    k_cand = _pool_size(o.binner)
+    sizes = _sizes(grid.n_models, k_cand, X.shape[0], o)
+    prep = fitter.prepared
+    if not prep.matches_standardiser():
+        logger.warning(
+            "fit_batch: the grid's standardiser changed after this GridFitter was built; the "
+            "fit uses (and the output records) the fitter's snapshot. Build a new GridFitter "
+            "to use the new standardiser."
+        )
+    config, full_config, params = _step_setup(prep, cols, bins, k_cand, sizes, o)
+    data = prep.rows_data() if k_cand is not None else prep.padded(sizes.n_blocks, sizes.block)
+    if k_cand is not None and not o.fallback_to_full_grid:
+        full_config = None
+    return BatchPlan(
+        X=X,
+        S=S,
+        U=U,
+        host_flags=host_flags,
+        stats_names=names,
+        stats_bins=bins,
+        config=config,
+        full_config=full_config,
+        params=params,
+        data=data,
+        chunk_size=sizes.chunk_size,
+        keep={"keep_mass": float(keep_mass), "return_candidates": bool(o.return_candidates)},
+        return_pdf=bool(o.return_pdf_for_stats),
+        configuration=_configuration(prep, X, S, U, names, bins, sizes, o),
+    )
+
+
+def _rows(grid, X_native, SIG_native, upper_limits):
+    """``(X, S, U, host_flags)``: float64 rows, bad values (infinite, errors <= 0, beyond
+    the device's float range) set to NaN — missing bands — and flagged BAD_INPUT."""
     X = _float_rows(X_native, "X_native", grid.observable_names)
     S = _float_rows(SIG_native, "SIG_native", grid.observable_names)
     if X.shape != S.shape:
@@ -284,45 +232,51 @@ def plan_batch(
     Xc, Sc = cast_overflows(X, dt), cast_overflows(S, dt)
     bad_vals = np.isinf(Xc) | np.isinf(Sc) | (Sc <= 0)
     host_flags = np.where(bad_vals.any(axis=1), int(Status.BAD_INPUT), 0).astype(np.int32)
-    X = np.where(bad_vals, np.nan, X)
-    S = np.where(bad_vals, np.nan, S)
+    return np.where(bad_vals, np.nan, X), np.where(bad_vals, np.nan, S), U, host_flags
 
-    cols, names, bins = _resolve_stats(grid, stats_for, stats_bins)
-    if not 0.0 < float(keep_mass) <= 1.0:
-        raise ValueError(f"`posterior_keep_mass` must be in (0, 1], got {keep_mass}.")
-    if int(keep_min) < 1:
-        raise ValueError(f"`posterior_keep_min_candidates` must be >= 1, got {keep_min}.")
-    if keep_max is not None and int(keep_max) < 1:
-        raise ValueError(f"`posterior_keep_max_candidates` must be >= 1 or None, got {keep_max}.")
-    truncate = not (float(keep_mass) >= 0.9999 and keep_max is None)
 
-    n_models = grid.n_models
-    k_cand = None
-    if binner is not None:
-        if not callable(getattr(binner, "batch_candidates", None)) or not hasattr(
-            binner, "n_candidates"
-        ):
-            raise TypeError(
-                "`binner` must follow the binner protocol (a fitted object with n_candidates "
-                "and batch_candidates(Y, SIG) -> (idx, mask, level)); got "
-                f"{type(binner).__name__}."
-            )
-        k_cand = int(binner.n_candidates)
+def _pool_size(binner) -> int | None:
+    """The binner's candidates per row (None without a binner)."""
+    if binner is None:
+        return None
+    if not callable(getattr(binner, "batch_candidates", None)) or not hasattr(
+        binner, "n_candidates"
+    ):
+        raise TypeError(
+            "`binner` must follow the binner protocol (a fitted object with n_candidates "
+            "and batch_candidates(Y, SIG) -> (idx, mask, level)); got "
+            f"{type(binner).__name__}."
+        )
+    return int(binner.n_candidates)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sizes:
+    """How a catalog is cut: rows per chunk, the full grid's model blocks, list lengths."""
+
+    chunk_size: int
+    block: int  #: models per block of the full-grid path
+    n_blocks: int
+    list_k: int  #: the sorted top list of the pool rows are fitted on
+    list_k_full: int  #: the same on the full grid
+    n_dev: int
+
+
+def _list_length(pool: int, o: BatchOptions) -> int:
+    """The sorted top list: it decides most rows' kept sets (longer ones are exact too)."""
+    if not o.return_candidates and not o.truncate:
+        return 1  # summaries use every model; only the best one is tracked (no top-k)
+    k = max(o.keep_min, FAST_K)
+    if o.posterior_keep_max_candidates is not None:
+        k = min(k, int(o.posterior_keep_max_candidates))
+    return max(1, min(k, pool))
+
+
+def _sizes(n_models: int, k_cand: int | None, n_rows: int, o: BatchOptions) -> _Sizes:
     n_pool = k_cand if k_cand is not None else n_models
-
-    def list_length(pool: int) -> int:
-        """The sorted top list: it decides most rows' kept sets (longer ones are exact too)."""
-        if not return_candidates and not truncate:
-            return 1  # summaries use every model; only the best one is tracked (no top-k)
-        k = max(int(keep_min), FAST_K)
-        if keep_max is not None:
-            k = min(k, int(keep_max))
-        return max(1, min(k, pool))
-
-    list_k = list_length(n_pool)
-
-    budget = int(memory_budget) if memory_budget is not None else _memory_budget()
+    budget = int(o.memory_budget_bytes) if o.memory_budget_bytes is not None else _memory_budget()
     n_dev = jax.local_device_count()
+    chunk_size = o.chunk_size
     if chunk_size is None:
         per_row = n_pool * _BYTES_PER_PAIR
         chunk_size = int(np.clip(budget // max(per_row, 1), 8, 1024))
@@ -330,44 +284,60 @@ def plan_batch(
         # measured on the photo-z grid (2,408 models), 512 rows beat 1,024 by 2x
         fits = _CACHE_BYTES // max(n_pool * 4, 1)
         chunk_size = min(chunk_size, max(8, 2 ** int(np.log2(max(fits, 1)))))
-        chunk_size = min(chunk_size, max(8, int(2 ** np.ceil(np.log2(max(X.shape[0], 1))))))
+        chunk_size = min(chunk_size, max(8, int(2 ** np.ceil(np.log2(max(n_rows, 1))))))
     chunk_size = int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
     chunk_size = -(-chunk_size // n_dev) * n_dev  # a multiple of the device count
 
     # Full-grid layout (also used for rows a binner cannot serve).
-    if model_block_size is None:
-        block = max(list_length(n_models), budget // max(chunk_size * _BYTES_PER_PAIR, 1))
+    list_k_full = _list_length(n_models, o)
+    if o.model_block_size is None:
+        block = max(list_k_full, budget // max(chunk_size * _BYTES_PER_PAIR, 1))
     else:
-        block = int(model_block_size)
+        block = int(o.model_block_size)
         if block < 1:
             raise ValueError(f"`model_block_size` must be >= 1, got {block}.")
-        block = max(block, list_length(n_models))
+        block = max(block, list_k_full)
     # per-block counts are float sums: exact below 2^24 models
     block = min(block, n_models, 2**24)
-    n_blocks = -(-n_models // block)
-    common = dict(
-        n_models=n_models,
-        truncate=truncate,
-        keep_ties=bool(keep_ties) and keep_max is None,  # as BESTA: a count bound wins
-        stat_cols=tuple(cols),
-        find_multimodal=bool(find_multimodal),
-        use_kde=bool(use_kde_for_stats),
+    return _Sizes(
+        chunk_size=chunk_size,
+        block=block,
+        n_blocks=-(-n_models // block),
+        list_k=_list_length(n_pool, o),
+        list_k_full=list_k_full,
+        n_dev=n_dev,
     )
-    ext_cols = fitter._likelihood_in_space.extensive_cols()
+
+
+def _step_setup(prep, cols, bins, k_cand, sizes: _Sizes, o: BatchOptions):
+    """``(config, full_config, params)``: the step's static configuration on the row
+    pools, the full grid's (the same without a binner) and its array parameters."""
+    keep_max = o.posterior_keep_max_candidates
+    truncate = o.truncate
+    common = dict(
+        n_models=prep.grid.n_models,
+        truncate=truncate,
+        keep_ties=bool(o.posterior_keep_ties) and keep_max is None,  # as BESTA: a count bound wins
+        stat_cols=tuple(cols),
+        find_multimodal=bool(o.find_multimodal),
+        use_kde=bool(o.use_kde_for_stats),
+    )
+    ext_cols = prep.likelihood.extensive_cols()
     common["extensive"] = tuple(i for i, c in enumerate(cols) if c in ext_cols)
     if common["extensive"] and not truncate:
         raise ValueError(
             "extensive targets (shifted by the fitted amplitude) are summarised over the kept "
             "models: use posterior_keep_mass < 0.9999 or posterior_keep_max_candidates."
         )
+    dt = float_dtype()
     edges_dev = tuple(jnp.asarray(e, dt) for e in bins)
     hist, hist_index, bin_values = {}, (), ()
-    if n_blocks == 1 and cols:
-        hist, hist_index, bin_values = _whole_grid_histograms(fitter.data.targets, cols, edges_dev)
+    if sizes.n_blocks == 1 and cols:
+        hist, hist_index, bin_values = prep.whole_grid_histograms(cols, edges_dev)
     full_config = StepConfig(
-        block_size=block, n_blocks=n_blocks, list_k=list_length(n_models), **hist, **common
+        block_size=sizes.block, n_blocks=sizes.n_blocks, list_k=sizes.list_k_full, **hist, **common
     )
     if k_cand is None:
         config = full_config
@@ -375,105 +345,60 @@ def plan_batch(
         # short pools: bisection for every row, ordered on the host (no device sort)
         config = StepConfig(block_size=k_cand, n_blocks=1, list_k=1, host_order=True, **common)
     else:
-        config = StepConfig(block_size=k_cand, n_blocks=1, list_k=list_k, **common)
-    # rows reach the step z-scored in float64 on the host (`standardise_rows`)
-    snapshot = fitter.data.with_rows_standardised(fitter.use_standardised)
-    padded = _padded_data(snapshot, n_blocks, block)
+        config = StepConfig(block_size=k_cand, n_blocks=1, list_k=sizes.list_k, **common)
+    keep_mass = float(o.posterior_keep_mass)
     params = StepParams(
         # keep_mass 1 (with a max): all the mass, not "whenever rounding reaches 1"
-        keep_mass=jnp.asarray(np.inf if float(keep_mass) >= 1.0 else keep_mass, dt),
-        keep_min=jnp.asarray(int(keep_min), jnp.int32),
+        keep_mass=jnp.asarray(np.inf if keep_mass >= 1.0 else keep_mass, dt),
+        keep_min=jnp.asarray(o.keep_min, jnp.int32),
         keep_max=jnp.asarray(_NO_BOUND if keep_max is None else int(keep_max), jnp.int32),
         edges=edges_dev,
-        model_bins=_model_bins_jit(padded.targets, tuple(cols), edges_dev),
+        model_bins=prep.model_bins(sizes.n_blocks, sizes.block, cols, edges_dev),
         hist_index=hist_index,
         bin_values=bin_values,
-        poor_fit_chi2=jnp.asarray(poor_fit_chi2(grid.n_observables), dt),
+        poor_fit_chi2=jnp.asarray(poor_fit_chi2(prep.grid.n_observables), dt),
     )
-    data = snapshot if k_cand is not None else padded
-    if k_cand is not None and not fallback_to_full_grid:
-        full_config = None
-    configuration = {
+    return config, full_config, params
+
+
+def _configuration(prep, X, S, U, names, bins, sizes: _Sizes, o: BatchOptions) -> dict[str, Any]:
+    """The run's settings as the output file records them (``resume`` requires
+    equality): what the step used — the fitter's snapshot, not the live grid."""
+    grid, keep_max = prep.grid, o.posterior_keep_max_candidates
+    return {
         "format": "jaxgrid.fit_batch/1",
         "n_rows": int(X.shape[0]),
         "grid": {
-            "n_models": n_models,
+            "n_models": grid.n_models,
             "observable_names": grid.observable_names,
             "target_names": grid.target_names,
-            "digest": _digest(
-                grid.observables,
-                grid.targets,
-                np.zeros(0) if grid.weights is None else grid.weights,
-            ),
+            "digest": prep.digest,
         },
-        "catalog_digest": _digest(X, S, np.zeros(0) if U is None else U),
-        "likelihood": type(fitter.likelihood).__name__,
-        "likelihood_digest": _module_digest(fitter.likelihood),
-        "prior": type(fitter.prior).__name__,
-        "prior_digest": _module_digest(fitter.prior),
-        "use_standardised": fitter.use_standardised,
-        "standardiser": fitter.grid.standardiser.to_dict() if fitter.use_standardised else None,
-        "binner": None if binner is None else _binner_info(binner),
+        "catalog_digest": array_digest(X, S, np.zeros(0) if U is None else U),
+        "likelihood": type(prep.likelihood_given).__name__,
+        "likelihood_digest": prep.likelihood_digest,
+        "prior": type(prep.prior).__name__,
+        "prior_digest": prep.prior_digest,
+        "use_standardised": prep.use_standardised,
+        "standardiser": prep.standardiser,
+        "binner": None if o.binner is None else _binner_info(o.binner),
         "stats_for": names,
         "stats_bins": [b.tolist() for b in bins],
-        "find_multimodal": bool(find_multimodal),
-        "use_kde_for_stats": bool(use_kde_for_stats),
-        "return_pdf_for_stats": bool(return_pdf_for_stats),
-        "posterior_keep_mass": float(keep_mass),
-        "posterior_keep_min_candidates": int(keep_min),
+        "find_multimodal": bool(o.find_multimodal),
+        "use_kde_for_stats": bool(o.use_kde_for_stats),
+        "return_pdf_for_stats": bool(o.return_pdf_for_stats),
+        "posterior_keep_mass": float(o.posterior_keep_mass),
+        "posterior_keep_min_candidates": o.keep_min,
         "posterior_keep_max_candidates": None if keep_max is None else int(keep_max),
-        "posterior_keep_ties": bool(keep_ties),
-        "list_k": list_k,
-        "fallback_to_full_grid": bool(fallback_to_full_grid),
-        "return_candidates": bool(return_candidates),
+        "posterior_keep_ties": bool(o.posterior_keep_ties),
+        "list_k": sizes.list_k,
+        "fallback_to_full_grid": bool(o.fallback_to_full_grid),
+        "return_candidates": bool(o.return_candidates),
         # chunk composition and device split can change float rounding: part of resume
-        "chunk_size": int(chunk_size),
-        "devices": f"{n_dev} x {jax.default_backend()}",
+        "chunk_size": sizes.chunk_size,
+        "devices": f"{sizes.n_dev} x {jax.default_backend()}",
         "version": __import__("jaxgrid").__version__,
     }
-    return BatchPlan(
-        X=X,
-        S=S,
-        U=U,
-        host_flags=host_flags,
-        stats_names=names,
-        stats_bins=bins,
-        config=config,
-        full_config=full_config,
-        params=params,
-        data=data,
-        chunk_size=chunk_size,
-        keep={"keep_mass": float(keep_mass), "return_candidates": bool(return_candidates)},
-        return_pdf=bool(return_pdf_for_stats),
-        configuration=configuration,
-    )
-
-
-_model_bins_jit = jax.jit(model_bins, static_argnums=1)
-
-
-def _whole_grid_histograms(targets, cols, edges):
-    """Static layouts and their arrays for untruncated steps over the whole grid in one
-    block: histograms without a scatter where the grid's order allows (template x
-    redshift grids do), and a target's mean and variance from its histogram when
-    each bin holds a single value (a redshift grid on bins centred on it). The bins
-    are computed as on the device. Returns ``(StepConfig fields, hist_index,
-    bin_values)``."""
-    found, values = [], []
-    for c, e in zip(cols, edges, strict=True):
-        b = np.asarray(bin_index(targets[:, c], e))
-        found.append(histogram_layout(b, e.shape[0] - 1))
-        values.append(bin_constant_values(np.asarray(targets[:, c]), b, e.shape[0] - 1))
-    fields = {
-        "hist_layouts": tuple(layout for layout, _ in found),
-        "hist_const": tuple(
-            v is not None and layout[0] != "scatter"
-            for v, (layout, _) in zip(values, found, strict=True)
-        ),
-    }
-    hist_index = tuple(None if i is None else jnp.asarray(i) for _, i in found)
-    bin_values = tuple(None if v is None else jnp.asarray(v) for v in values)
-    return fields, hist_index, bin_values
 
 
 def _binner_info(binner) -> Any:

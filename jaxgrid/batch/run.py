@@ -18,7 +18,7 @@ from ..core.data import standardise_rows
 from ..core.status import BAD_STATUS, Status
 from ..core.step import Chunk, StepConfig, chunk_step, pool_log_weights
 from ..io.results import STAT_FIELDS
-from .plan import BatchPlan, _padded_data
+from .plan import BatchPlan
 
 logger = logging.getLogger("jaxgrid")
 
@@ -62,7 +62,6 @@ class _Runner:
         self.devices = jax.local_devices()
         self.datas = [jax.device_put(plan.data, d) for d in self.devices]
         self._full_datas = None  # the padded full grid, built on first fallback
-        self._obs64 = None  # float64 grid observables (`_host_log_evidence`), on first use
 
     def _split(self, arrays: dict[str, Any]) -> list[Chunk]:
         """Equal row slices of the chunk arrays, one per device."""
@@ -83,7 +82,7 @@ class _Runner:
             chunk_step(
                 config,
                 data,
-                self.fitter._likelihood_in_space,
+                self.fitter.prepared.likelihood,
                 self.fitter.prior,
                 self.plan.params,
                 part,
@@ -94,8 +93,7 @@ class _Runner:
     def _full_grid_datas(self):
         if self._full_datas is None:
             fc = self.plan.full_config
-            snapshot = self.fitter.data.with_rows_standardised(self.plan.data.rows_standardised)
-            padded = _padded_data(snapshot, fc.n_blocks, fc.block_size)
+            padded = self.fitter.prepared.padded(fc.n_blocks, fc.block_size)
             self._full_datas = [jax.device_put(padded, d) for d in self.devices]
         return self._full_datas
 
@@ -143,7 +141,7 @@ class _Runner:
             cand[:n] = np.where(off_grid, 0, idx)  # masked padding too: any int is allowed
             cmask[:n] = mask & ~outside[:, None]
             cmask[:n][fallback] = False
-        mean_std = self.fitter.row_mean_std
+        mean_std = self.fitter.prepared.mean_std
         xd, sd = standardise_rows(plan.data, mean_std, x, s, dt)
         arrays = dict(x=xd, sigma=sd, upper=upper, cand=cand, cand_mask=cmask)
         fb_rows = fb_parts = fb_arrays = None
@@ -275,15 +273,13 @@ class _Runner:
         if todo.size == 0:
             return lz
         plan = self.plan
-        if self._obs64 is None:
-            self._obs64 = np.asarray(self.fitter.grid.observables, np.float64)
-        mean, std = self.fitter.row_mean_std
+        mean, std = self.fitter.prepared.mean_std
         r = rows[todo]
         x = (plan.X[r] - mean) / std
         s = plan.S[r] / std
-        models = (self._obs64[ref[todo]] - mean) / std
+        models = (self.fitter.prepared.observables64[ref[todo]] - mean) / std
         upper = None if plan.U is None else plan.U[r]
-        ll = self.fitter._likelihood_in_space.host_log_likelihood_rows(x, s, models, upper)
+        ll = self.fitter.prepared.likelihood.host_log_likelihood_rows(x, s, models, upper)
         if ll is None:  # no host evaluation: the device's float32 value
             return lz
         rel = np.asarray(host.log_evidence_rel[:n], np.float64)[todo]
@@ -374,7 +370,7 @@ class _Runner:
         chunk = Chunk(
             **{k: None if v is None else jax.device_put(v, dev) for k, v in arrays.items()}
         )
-        lik, prior = fitter._likelihood_in_space, fitter.prior
+        lik, prior = fitter.prepared.likelihood, fitter.prior
         parts = [
             np.asarray(pool_log_weights(config, data, lik, prior, chunk, jnp.int32(b)))[pos]
             for b in range(config.n_blocks)

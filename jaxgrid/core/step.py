@@ -311,15 +311,37 @@ def _pool_summaries(config, params, w, t, bins, hists=None, vals=None):
     return moments(w, t, params.edges, bins, scaled=(m, w), hists=hists, bin_values=vals)
 
 
-def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, dtype, dof):
-    """Per-row outputs: truncation bookkeeping, per-target stats, flags, clean-up."""
-    nan = jnp.array(jnp.nan, dtype)
+class _Truncation(NamedTuple):
+    """A row's evidence and truncation bookkeeping (before clean-up)."""
+
+    log_z: Array  #: log Z (with the row's shift added back)
+    log_z_rel: Array  #: log Z relative to the reference model (0 without refinement)
+    has_mass: Array  #: some model has weight
+    in_list: Array  #: (list_k,) list positions inside the kept set
+    w_list: Array  #: (list_k,) the listed models' weights on the row's scale
+    mass_kept: Array
+    cut_weight: Array
+    ess_before: Array
+    ess_after: Array
+
+
+class _Summaries(NamedTuple):
+    """A row's per-target summaries of the kept models (before clean-up)."""
+
+    per_target: list  #: `HistStats` per summarised target
+    in_bins: list  #: per target, the in-bin fraction of the kept mass
+    cov: Array  #: (D, D) weighted covariance (unbiased for reliability weights)
+    kde_failed: Array
+    no_mass: Array  #: some target has no kept mass inside its bins
+    low_mass: Array  #: some target has less than `MIN_MASS_IN_BINS` of it inside
+
+
+def _truncate(config, tot: _Totals, kept: _Kept, dtype) -> _Truncation:
+    """Evidence, the kept list's weights, kept mass, cut weight and ESS of a row."""
     has_mass = tot.W > 0
     # log weights may be relative to the row's best model (shift): log Z adds it back
     log_z_rel = jnp.where(has_mass, tot.m + jnp.log(jnp.where(has_mass, tot.W, 1.0)), -jnp.inf)
-    log_z = tot.shift + log_z_rel
     sel, stats = kept.sel, kept.stats
-    Wk = jnp.where(stats.W > 0, stats.W, 1.0)
     pos = jnp.arange(tot.top_vals.shape[0])
     in_list = pos < sel.n_keep
     w_list = jnp.where(in_list & jnp.isfinite(tot.top_vals), jnp.exp(tot.top_vals - tot.m), 0.0)
@@ -333,7 +355,24 @@ def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, 
         ess_after = stats.W**2 / jnp.where(stats.S2 > 0, stats.S2, 1.0)
     else:
         mass_kept, cut_weight, ess_after = jnp.array(1.0, dtype), jnp.array(0.0, dtype), ess_before
+    return _Truncation(
+        log_z=tot.shift + log_z_rel,
+        log_z_rel=log_z_rel,
+        has_mass=has_mass,
+        in_list=in_list,
+        w_list=w_list,
+        mass_kept=mass_kept,
+        cut_weight=cut_weight,
+        ess_before=ess_before,
+        ess_after=ess_after,
+    )
 
+
+def _summarise(config, params, kept: _Kept) -> _Summaries:
+    """Per-target histogram stats (KDE masses where asked and possible), in-bin
+    fractions and the covariance of the kept models."""
+    stats = kept.stats
+    Wk = jnp.where(stats.W > 0, stats.W, 1.0)
     kde_failed = jnp.array(False)
     per_target = []
     for i, e in enumerate(params.edges):
@@ -350,26 +389,68 @@ def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, 
     low_mass = jnp.array(False)
     for f in in_bins:
         low_mass = low_mass | ((f > 0) & (f < MIN_MASS_IN_BINS))
-
-    d = len(config.stat_cols)
     s2n = stats.S2 / Wk**2
     cov = (stats.M / Wk) / jnp.where(s2n < 1.0, 1.0 - s2n, jnp.nan)
+    return _Summaries(per_target, in_bins, cov, kde_failed, no_mass, low_mass)
 
+
+def _flag(
+    config,
+    params,
+    tot: _Totals,
+    kept: _Kept,
+    tr: _Truncation,
+    su: _Summaries,
+    x,
+    sigma,
+    cand_mask,
+    dof,
+):
+    """The row's `Status` bits."""
     usable = jnp.any(jnp.isfinite(x) & jnp.isfinite(sigma))
     status = jnp.where(usable, 0, int(Status.NO_OBSERVABLES))
     if cand_mask is not None:
         status = status | jnp.where(jnp.any(cand_mask), 0, int(Status.NO_CANDIDATES))
-    status = status | jnp.where((status == 0) & ~has_mass, int(Status.ZERO_WEIGHT), 0)
-    status = status | jnp.where(sel.capped, int(Status.MASS_CAP), 0)
+    status = status | jnp.where((status == 0) & ~tr.has_mass, int(Status.ZERO_WEIGHT), 0)
+    status = status | jnp.where(kept.sel.capped, int(Status.MASS_CAP), 0)
     if config.use_kde:
-        status = status | jnp.where(kde_failed, int(Status.KDE_FALLBACK), 0)
+        status = status | jnp.where(su.kde_failed, int(Status.KDE_FALLBACK), 0)
     bad = (status & int(BAD_STATUS)) != 0
-    status = status | jnp.where(no_mass & ~bad, int(Status.NO_MASS_IN_BINS), 0)
-    status = status | jnp.where(low_mass & ~bad, int(Status.LOW_MASS_IN_BINS), 0)
+    status = status | jnp.where(su.no_mass & ~bad, int(Status.NO_MASS_IN_BINS), 0)
+    status = status | jnp.where(su.low_mass & ~bad, int(Status.LOW_MASS_IN_BINS), 0)
     if params.poor_fit_chi2 is not None:
         limit = params.poor_fit_chi2[jnp.clip(dof, 0, params.poor_fit_chi2.shape[0] - 1)]
         poor = (dof > 0) & (tot.chi2_min > limit) & ~bad
         status = status | jnp.where(poor, int(Status.POOR_FIT), 0)
+    return status
+
+
+def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, dtype, dof):
+    """Per-row outputs: truncate -> summarise -> flag -> clean (NaN summaries, no
+    candidates and ``log Z = -inf`` for rows with a `BAD_STATUS` flag)."""
+    tr = _truncate(config, tot, kept, dtype)
+    su = _summarise(config, params, kept)
+    status = _flag(config, params, tot, kept, tr, su, x, sigma, cand_mask, dof)
+    bad = (status & int(BAD_STATUS)) != 0
+    return _clean_row(config, tot, kept, tr, su, status, bad, dtype)
+
+
+def _clean_row(
+    config, tot: _Totals, kept: _Kept, tr: _Truncation, su: _Summaries, status, bad, dtype
+):
+    """The row's `ChunkOutput`, bad rows cleaned."""
+    nan = jnp.array(jnp.nan, dtype)
+    d = len(config.stat_cols)
+    per_target, in_bins, sel = su.per_target, su.in_bins, kept.sel
+    Wk = jnp.where(kept.stats.W > 0, kept.stats.W, 1.0)
+    log_z, log_z_rel, in_list, w_list = tr.log_z, tr.log_z_rel, tr.in_list, tr.w_list
+    mass_kept, cut_weight, ess_before, ess_after = (
+        tr.mass_kept,
+        tr.cut_weight,
+        tr.ess_before,
+        tr.ess_after,
+    )
+    cov = su.cov
 
     def clean(v):
         return jnp.where(bad, jnp.full_like(v, jnp.nan), v)

@@ -421,7 +421,7 @@ def fit_bpz_prior_photoz(
     if X.ndim != 2 or X.shape != SIG.shape or z.shape != (X.shape[0],):
         raise ValueError("fit_bpz_prior_photoz: X, SIG (N, P) and z_true (N,) do not match.")
     U = None if upper is None else np.asarray(upper, bool)
-    data, lik, flat = fitter.data, fitter._likelihood_in_space, FlatPrior()
+    data, lik, flat = fitter.data, fitter.likelihood_in_space, FlatPrior()
 
     @jax.jit
     def loglik(x, s, u):
