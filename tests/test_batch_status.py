@@ -91,9 +91,8 @@ def test_full_grid_fallback_flag_from_binner(setup):
 
     class Fallback(BruteForceKNN):
         def batch_candidates(self, Y, SIG):
-            out = super().batch_candidates(Y, SIG)
-            self.last_fallback_rows = np.arange(len(Y)) == 0
-            return out
+            idx, mask, level = super().batch_candidates(Y, SIG)
+            return idx, mask, level, np.arange(len(Y)) == 0  # rows to serve from the full grid
 
     res = _fit(fitter, X, S, binner=Fallback(grid, 50), posterior_keep_max_candidates=50)
     full = _fit(fitter, X, S, posterior_keep_max_candidates=50)

@@ -114,11 +114,15 @@ class _Runner:
         extra_flags = np.zeros(n, np.int32)
         if self.binner is not None:
             k = plan.config.block_size
+            fb = None
             if n:
-                idx, mask, level = self.binner.batch_candidates(plan.X[rows], plan.S[rows])
-                fb = getattr(self.binner, "last_fallback_rows", None)
+                # (idx, mask, level) or (idx, mask, level, fallback rows): returned, not read
+                # back from the binner's attributes (chunks are prepared on worker threads)
+                found = self.binner.batch_candidates(plan.X[rows], plan.S[rows])
+                idx, mask, level = found[:3]
+                fb = found[3] if len(found) > 3 else None
             else:  # an empty catalog: nothing to ask the binner
-                idx, mask, fb = np.zeros((0, k), np.int64), np.zeros((0, k), bool), None
+                idx, mask = np.zeros((0, k), np.int64), np.zeros((0, k), bool)
             idx, mask = _check_candidates(idx, mask, n, k)
             fallback = ~mask.any(axis=1)
             if fb is not None:
