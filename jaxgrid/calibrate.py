@@ -4,9 +4,12 @@ The catalog log marginal likelihood ``sum_i log Z_i(params)`` — each object's
 evidence under the grid, with its observed values shifted by per-band
 zero points, its errors scaled, and a prior built from parameters — is a pure
 JAX function, so it has exact gradients. `catalog_log_likelihood` accumulates
-its value and gradient over fixed-size chunks (one compiled function for any
-catalog length); `calibrate` maximises it with L-BFGS (SciPy) and reports
-standard errors from the exact Hessian.
+its value and gradient over fixed-size chunks, the tail padded and masked: one
+compiled function for any catalog length, traced once per static structure
+(prior_fn, zero-point kind, parameter shapes, grid shapes) and reused by every
+later call (`trace_count`, `hessian_trace_count`). `calibrate` maximises it with
+L-BFGS (SciPy, `jaxgrid.prob.optimize.minimize_lbfgs`) and reports standard
+errors from the exact Hessian.
 
 Parameters (a pytree, float arrays):
 
@@ -35,22 +38,27 @@ Bad rows are left out *explicitly*, never silently:
 
 `calibrate` never reports ``success`` on a non-finite objective or gradient:
 a row that becomes non-finite during the optimisation makes that point
-unusable (the line search backs off), and a non-finite gradient at the
-optimum gives ``success=False`` with a ``message``.
+unusable (`minimize_lbfgs` continues the objective from the last finite point,
+so the line search about halves its step toward it), and a non-finite gradient
+at the optimum gives ``success=False`` with a ``message``.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.scipy.special import logsumexp
+from jaxtyping import Array, Bool
 
 from .core.checks import float_dtype
+from .core.data import GridData
+from .prob.optimize import minimize_lbfgs
 from .prob.posterior import log_weights_and_chi2
 
 __all__ = ["catalog_log_likelihood", "calibrate", "CalibrationResult"]
@@ -78,68 +86,90 @@ def _apply(params, x, s, zp_kind, fixed_mask):
     return x, s
 
 
-def _make_chunk_fn(fitter, prior_fn, zp_kind, fixed_mask):
-    data = fitter.data
-    lik = fitter.likelihood_in_space
-    grid = fitter.grid
+#: traces (= compilations) of the chunk functions in this process, by name
+_TRACES = {"rows": 0, "hessian": 0}
 
-    def prior_of(params):
-        if prior_fn is None:
-            return fitter.prior
-        return prior_fn(params["prior"]).resolve(grid.target_names, grid.observable_names)
 
-    def row_log_z(params, prior, xr, sr, ur):
-        xr, sr = _apply(params, xr, sr, zp_kind, fixed_mask)
+def trace_count() -> int:
+    """How many times the per-chunk value and gradient of the catalog objective has been
+    traced (compiled) in this process."""
+    return _TRACES["rows"]
+
+
+def hessian_trace_count() -> int:
+    """How many times the per-chunk Hessian of the catalog objective has been traced."""
+    return _TRACES["hessian"]
+
+
+class _Objective(eqx.Module):
+    """One calibration problem as the compiled chunk functions see it. Arrays (the grid
+    snapshot, likelihood and prior hyperparameters, the fixed-band mask) are traced
+    arguments and options are static, so JAX's own cache gives one compiled function
+    per static structure — shared by every call and every fitter with the same
+    shapes, and never holding a fitter alive."""
+
+    data: GridData
+    likelihood: Any
+    prior: Any  # the fitter's prior, used when prior_fn is None
+    fixed: Bool[Array, " obs"]
+    prior_fn: Callable | None = eqx.field(static=True)
+    zero_points: str = eqx.field(static=True)
+    target_names: tuple[str, ...] = eqx.field(static=True)
+    observable_names: tuple[str, ...] = eqx.field(static=True)
+
+    def prior_of(self, params):
+        if self.prior_fn is None:
+            return self.prior
+        return self.prior_fn(params["prior"]).resolve(self.target_names, self.observable_names)
+
+    def log_z(self, params, prior, x, s, u):
+        """``log Z`` of one row (its observed values and errors calibrated by ``params``)."""
+        x, s = _apply(params, x, s, self.zero_points, self.fixed)
+        d = self.data
         lw, _ = log_weights_and_chi2(
-            lik,
+            self.likelihood,
             prior,
-            data,
-            xr,
-            sr,
-            ur,
-            data.models,
-            data.models_native,
-            data.targets,
-            data.log_weights,
+            d,
+            x,
+            s,
+            u,
+            d.models,
+            d.models_native,
+            d.targets,
+            d.log_weights,
             True,
         )
         return logsumexp(lw)
 
-    def chunk_rows(params, x, s, u):
-        """Per-row ``(log Z (rows,), gradient pytree with a leading rows axis)``: rows are
-        independent, so per-row gradients cost what the summed one does, and a row's
-        NaN can be left out by selection instead of poisoning the sum."""
 
-        def one(p, xr, sr, ur):
-            return row_log_z(p, prior_of(p), xr, sr, ur)
+@eqx.filter_jit
+def _chunk_rows(objective: _Objective, params, x, s, u):
+    """Per-row ``(log Z (rows,), flat gradient (rows, n))``: rows are independent, so
+    per-row gradients cost what the summed one does, and a row's NaN can be left out
+    by selection instead of poisoning the sum."""
+    _TRACES["rows"] += 1  # runs at trace time only: counts compilations
 
-        return jax.vmap(jax.value_and_grad(one), in_axes=(None, 0, 0, 0))(params, x, s, u)
+    def one(p, xr, sr, ur):
+        return objective.log_z(p, objective.prior_of(p), xr, sr, ur)
 
-    def chunk_total(params, x, s, u, valid):
-        prior = prior_of(params)
-        xs, ss = _apply(params, x, s, zp_kind, fixed_mask)
+    log_z, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0, 0, 0))(params, x, s, u)
+    return log_z, jax.vmap(lambda t: ravel_pytree(t)[0])(g)
 
-        def row(xr, sr, ur):
-            lw, _ = log_weights_and_chi2(
-                lik,
-                prior,
-                data,
-                xr,
-                sr,
-                ur,
-                data.models,
-                data.models_native,
-                data.targets,
-                data.log_weights,
-                True,
-            )
-            return logsumexp(lw)
 
-        log_z = jax.vmap(row)(xs, ss, u)
-        use = valid & jnp.isfinite(log_z)
-        return jnp.sum(jnp.where(use, log_z, 0.0)), jnp.sum(use)
+@eqx.filter_jit
+def _chunk_hessian(objective: _Objective, params, x, s, u, use):
+    """(n, n) Hessian over the flattened ``params`` of the chunk's summed ``log Z``
+    (rows where ``use`` is False carry finite stand-ins and count 0)."""
+    _TRACES["hessian"] += 1
+    flat, unravel = ravel_pytree(params)
 
-    return chunk_total, chunk_rows
+    def total(theta):
+        p = unravel(theta)
+        prior = objective.prior_of(p)
+        log_z = jax.vmap(lambda xr, sr, ur: objective.log_z(p, prior, xr, sr, ur))(x, s, u)
+        return jnp.sum(jnp.where(use & jnp.isfinite(log_z), log_z, 0.0))
+
+    return jax.hessian(total)(flat)
 
 
 def _bad_bands(X: np.ndarray, S: np.ndarray) -> np.ndarray:
@@ -240,18 +270,18 @@ def _catalog_log_likelihood(
     fixed[list(fixed_zero_points)] = True
     dt = float_dtype()
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dt), params)
-    flat, _ = ravel_pytree(params)
-    shapes = tuple(np.shape(a) for a in jax.tree_util.tree_leaves(params))
-    rows, hess_fn, unravel = _compiled(
-        fitter,
+    flat, unravel = ravel_pytree(params)
+    grid = fitter.grid
+    objective = _Objective(
+        fitter.data,
+        fitter.likelihood_in_space,
+        fitter.prior,
+        jnp.asarray(fixed),
         prior_fn,
         zero_points,
-        tuple(bool(f) for f in fixed),
-        jax.tree_util.tree_structure(params),
-        shapes,
-        np.dtype(dt).name,
+        tuple(grid.target_names),
+        tuple(grid.observable_names),
     )
-    hess = hess_fn if hessian else None
     total, grad, n_used = 0.0, np.zeros(flat.size), 0
     H = np.zeros((flat.size, flat.size)) if hessian else None
     usable = np.any(np.isfinite(X) & np.isfinite(S), axis=1)
@@ -268,7 +298,7 @@ def _catalog_log_likelihood(
         x = np.where(v[:, None], x, 0.0)
         s = np.where(v[:, None], s, 1.0)
         args = (jnp.asarray(x, dt), jnp.asarray(s, dt), jnp.asarray(u))
-        log_z, g = rows(flat, *args)
+        log_z, g = _chunk_rows(objective, params, *args)
         log_z, g = np.asarray(log_z, np.float64), np.asarray(g, np.float64)
         ok = v & np.isfinite(log_z) & np.all(np.isfinite(g), axis=1)
         dropped[a:b] |= (v & ~ok)[: b - a]
@@ -279,7 +309,7 @@ def _catalog_log_likelihood(
             xh = np.where(ok[:, None], x, 0.0)
             sh = np.where(ok[:, None], s, 1.0)
             hargs = (jnp.asarray(xh, dt), jnp.asarray(sh, dt), jnp.asarray(u), jnp.asarray(ok))
-            H += np.asarray(hess(flat, *hargs), np.float64)
+            H += np.asarray(_chunk_hessian(objective, params, *hargs), np.float64)
     out = (total, unravel(jnp.asarray(grad)))
     if hessian:
         out = out + (H,)
@@ -289,26 +319,6 @@ def _catalog_log_likelihood(
         "bad_input": bad.sum(axis=1).astype(np.int64),
     }
     return out + (n_used, info)
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled(fitter, prior_fn, zero_points, fixed, treedef, shapes, dtype):
-    """The jitted per-row value-and-gradient and the Hessian of one problem, built once
-    (a jit of a fresh closure per call would retrace and recompile at every L-BFGS
-    step)."""
-    total_fn, rows_fn = _make_chunk_fn(fitter, prior_fn, zero_points, jnp.asarray(fixed))
-    template = jax.tree_util.tree_unflatten(treedef, [jnp.zeros(sh, dtype) for sh in shapes])
-    _, unravel = ravel_pytree(template)
-
-    def flat_rows(theta, x, s, u):
-        log_z, g = rows_fn(unravel(theta), x, s, u)
-        return log_z, jax.vmap(lambda t: ravel_pytree(t)[0])(g)
-
-    def flat_total(theta, x, s, u, v):
-        return total_fn(unravel(theta), x, s, u, v)
-
-    hess = jax.jit(jax.hessian(lambda t, *a: flat_total(t, *a)[0]))
-    return jax.jit(flat_rows), hess, unravel
 
 
 class CalibrationResult(dict):
@@ -361,14 +371,12 @@ def calibrate(
 
 
 def _calibrate(fitter, X, S, params, maxiter, kw):
-    from scipy.optimize import minimize
-
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
     flat0, unravel = ravel_pytree(params)
 
     # the rows that are not finite at the start are excluded once, explicitly: the
     # objective then keeps one set of rows (a row dropping out would raise it)
-    val0, g0, n0, info = catalog_log_likelihood(fitter, X, S, params, details=True, **kw)
+    _, _, n0, info = catalog_log_likelihood(fitter, X, S, params, details=True, **kw)
     if n0 == 0:
         raise ValueError(
             "calibrate: no usable row (every row lacks a usable band or has a non-finite "
@@ -378,30 +386,20 @@ def _calibrate(fitter, X, S, params, maxiter, kw):
     exclude = np.zeros(M, bool)
     exclude[info["excluded_rows"]] = True
     m = max(n0, 1)
-    g0flat = np.asarray(ravel_pytree(g0)[0], np.float64)
-    last = {"f": -float(val0) / m, "g": -g0flat / m}
-    state = {"nonfinite": 0}
 
-    def fun(theta):
+    def objective(theta):
+        """Mean negative log likelihood per object, and its gradient."""
         val, g, n = catalog_log_likelihood(
             fitter, X, S, unravel(jnp.asarray(theta)), exclude=exclude, **kw
         )
         gflat = np.asarray(ravel_pytree(g)[0], np.float64)
-        if n != n0 or not np.isfinite(val) or not np.all(np.isfinite(gflat)):
-            # a row became non-finite here: outside the usable region. A large value with
-            # the last *finite* gradient makes the line search back-track.
-            state["nonfinite"] += 1
-            return 1e3 * (1.0 + abs(last["f"])), last["g"]
-        last["f"], last["g"] = -val / m, -gflat / m
-        return last["f"], last["g"]
+        if n != n0:
+            # a row became non-finite here: the point is outside the usable region
+            # (minimize_lbfgs backs off toward the last finite point)
+            return np.nan, gflat
+        return -val / m, -gflat / m
 
-    res = minimize(
-        fun,
-        np.asarray(flat0, np.float64),
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": maxiter, "gtol": 1e-7},
-    )
+    res = minimize_lbfgs(objective, np.asarray(flat0, np.float64), maxiter, gtol=1e-7)
     best = unravel(jnp.asarray(res.x))
     val, g_best, H, n = catalog_log_likelihood(
         fitter, X, S, best, hessian=True, exclude=exclude, **kw
@@ -429,11 +427,11 @@ def _calibrate(fitter, X, S, params, maxiter, kw):
         stderr=unravel(jnp.asarray(err)),
         log_likelihood=val,
         n_objects=n,
-        n_iterations=int(res.nit),
-        success=bool(res.success) and bool(finite),
+        n_iterations=res.n_iterations,
+        success=res.success and bool(finite),
         message=message,
         excluded_rows=info["excluded_rows"],
         no_observables=info["no_observables"],
         bad_input=info["bad_input"],
-        n_nonfinite_evaluations=state["nonfinite"],
+        n_nonfinite_evaluations=res.n_nonfinite,
     )

@@ -266,3 +266,28 @@ def test_fit_photoz_learns_the_prior_that_generated_the_photometry():
         start.fit_photoz(trainer, Xtr, Str, ztr, free=("f",))
     with pytest.raises(ValueError, match="do not match"):
         start.fit_photoz(trainer, Xtr, Str, ztr[:5])
+
+
+def test_fit_photoz_compiles_its_log_likelihoods_once():
+    """250 objects in chunks of 100 (the tail padded): the chunk log-likelihood function
+    is traced once, and not again by a second fit with the same fitter."""
+    from jaxgrid import GridFitter
+    from jaxgrid.prob import ScaledGaussianLikelihood
+    from jaxgrid.prob.bpz import loglik_trace_count
+
+    z = np.round(np.arange(0, 3.0001, 0.1), 2)
+    grid = build_template_grid(SEDS, FILTERS, z)
+    start = BPZPrior.hdfn(grid, "DC2LSST_i", flux_zero_point=31.4)
+    resolved = start.resolve(grid.target_names, grid.observable_names)
+    X, S, zs = _simulate_photometry(grid, resolved, 250, np.random.default_rng(3))
+    trainer = GridFitter(grid, ScaledGaussianLikelihood("profile"), start, use_standardised=False)
+    before = loglik_trace_count()
+    first = start.fit_photoz(trainer, X, S, zs, maxiter=3, chunk_size=100)
+    assert loglik_trace_count() - before == 1
+    second = start.fit_photoz(trainer, X, S, zs, maxiter=3, chunk_size=100)
+    assert loglik_trace_count() - before == 1
+    np.testing.assert_array_equal(first.z0, second.z0)
+    # the padded tail gives the rows' own log likelihoods (one chunk of 250: no padding)
+    third = start.fit_photoz(trainer, X, S, zs, maxiter=3, chunk_size=250)
+    for name in ("alpha", "z0", "km", "f", "k"):
+        np.testing.assert_allclose(getattr(third, name), getattr(first, name), rtol=1e-6)

@@ -202,3 +202,96 @@ def test_grad_of_posterior_weights_and_target_moments(x64):
         d = jnp.zeros(3).at[j].set(eps)
         fd = (np.asarray(moments(mu0, zp0 + d)) - np.asarray(moments(mu0, zp0 - d))) / (2 * eps)
         np.testing.assert_allclose(jac_zp[:, j], fd, rtol=1e-6, atol=1e-10)
+
+
+def test_calibrate_compiles_its_objective_once_and_reuses_it():
+    """A ragged catalog (1000 rows in chunks of 300) over 5 L-BFGS iterations: the
+    chunk value-and-gradient and the Hessian are each traced once; a second call, and
+    a new fitter of the same grid, trace nothing."""
+    from jaxgrid.calibrate import hessian_trace_count, trace_count
+
+    grid, X, S, _ = _problem(n_obj=1000, seed=2)
+    fitter = GridFitter(grid, GaussianProductLikelihood(), use_standardised=False)
+
+    def fresh_prior_fn(p):  # a new function: nothing compiled for it yet
+        return GaussianPrior1D("t", p["mu"], jnp.exp(p["log_sigma"]))
+
+    params = {
+        "zero_points": jnp.zeros(3),
+        "prior": {"mu": jnp.array(0.0), "log_sigma": jnp.array(0.0)},
+    }
+    kw = dict(prior_fn=fresh_prior_fn, fixed_zero_points=[2], chunk_size=300, maxiter=5)
+    rows0, hess0 = trace_count(), hessian_trace_count()
+    res = calibrate(fitter, X, S, params, **kw)
+    assert res["n_iterations"] == 5  # many evaluations, 4 chunks each
+    assert (trace_count() - rows0, hessian_trace_count() - hess0) == (1, 1)
+    again = calibrate(
+        GridFitter(grid, GaussianProductLikelihood(), use_standardised=False), X, S, params, **kw
+    )
+    assert (trace_count() - rows0, hessian_trace_count() - hess0) == (1, 1)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(res["params"]), jax.tree_util.tree_leaves(again["params"])
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ------------------------------------------------ the shared L-BFGS and non-finite points
+M_TRUE = np.array([1.0, -2.0])
+
+
+def _huber_with_a_hole(theta):
+    """sqrt(1 + |theta - m|^2) (minimum at m), NaN where theta_0 > m_0 + 0.01: nearly
+    linear far away, so L-BFGS extrapolates its first steps far past the minimum into
+    the NaN region."""
+    d = theta - M_TRUE
+    if theta[0] > M_TRUE[0] + 0.01:
+        return np.nan, np.full(theta.shape, np.nan)
+    v = np.sqrt(1.0 + d @ d)
+    return v, d / v
+
+
+def test_minimize_lbfgs_backs_off_non_finite_points_to_the_minimum():
+    from scipy.optimize import minimize
+
+    from jaxgrid.prob.optimize import minimize_lbfgs
+
+    x0 = np.array([-1600.0, 30.0])
+    res = minimize_lbfgs(_huber_with_a_hole, x0, maxiter=200, gtol=1e-10)
+    assert res.success and res.n_nonfinite > 0
+    np.testing.assert_allclose(res.x, M_TRUE, atol=1e-8)
+    assert res.fun == pytest.approx(1.0, abs=1e-15)
+    np.testing.assert_array_equal(res.grad, _huber_with_a_hole(res.x)[1])
+
+    # the policy it replaces (bpz's: 1e10 and a zero gradient) stops where it started:
+    # a cubic through 1e10 puts the next trial ~1e-11 of the way, and the line search
+    # spends its evaluations without leaving x0
+    def huge_value_zero_gradient(theta):
+        v, g = _huber_with_a_hole(theta)
+        return (v, g) if np.isfinite(v) else (1e10, np.zeros_like(g))
+
+    old = minimize(
+        huge_value_zero_gradient,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 200, "gtol": 1e-10},
+    )
+    assert not old.success and old.nit == 0
+    np.testing.assert_array_equal(old.x, x0)
+
+
+def test_minimize_lbfgs_returns_a_finite_point_at_the_edge_and_refuses_a_bad_start():
+    """Minimum on the edge of the finite region (-theta, NaN beyond 1.01): the result
+    creeps up to the edge, is finite, and its value and gradient are its own."""
+    from jaxgrid.prob.optimize import minimize_lbfgs
+
+    def edge(theta):
+        if theta[0] > 1.01:
+            return np.nan, np.array([np.nan])
+        return -theta[0], np.array([-1.0])
+
+    res = minimize_lbfgs(edge, np.array([0.0]), maxiter=100)
+    assert 1.0099 < res.x[0] <= 1.01 and res.n_nonfinite > 0
+    assert res.fun == -res.x[0] and res.grad.tolist() == [-1.0]
+    with pytest.raises(ValueError, match="not finite at the starting point"):
+        minimize_lbfgs(edge, np.array([2.0]), maxiter=100)

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -34,8 +35,9 @@ from jax.scipy.special import logsumexp
 from jaxtyping import Array
 
 from ..core.checks import float_dtype
+from .optimize import minimize_lbfgs
 from .posterior import log_weights_and_chi2
-from .priors import ObservableDependentPrior, resolve_column
+from .priors import FlatPrior, ObservableDependentPrior, resolve_column
 
 __all__ = ["BPZPrior", "HDFN", "CWWSB4_BROAD_TYPES", "fit_bpz_prior", "fit_bpz_prior_photoz"]
 
@@ -311,8 +313,6 @@ def fit_bpz_prior(prior: BPZPrior, m0: Any, z_true: Any, maxiter: int = 500) -> 
     reparametrisation; L-BFGS (SciPy) with JAX gradients, in float64 on the
     host. Rows with non-finite values are ignored. Returns a new prior.
     """
-    import jax
-
     m = np.clip(np.asarray(m0, np.float64), 20.0, 32.0)
     z = np.asarray(z_true, np.float64)
     ok = np.isfinite(m) & np.isfinite(z) & (z > 0)
@@ -351,25 +351,44 @@ def _theta0(prior: BPZPrior) -> np.ndarray:
 
 
 def _lbfgs(nll, theta0, maxiter, *args):
-    """Minimise ``nll(theta, *args)`` (a JAX function; ``args`` host arrays) with SciPy's
-    L-BFGS and JAX gradients, in float64 (scoped: the global JAX setting is untouched).
-    Returns the unpacked parameters as float64 arrays."""
-    import jax
-    from scipy.optimize import minimize
-
+    """Minimise ``nll(theta, *args)`` (a JAX function; ``args`` host arrays) with
+    `minimize_lbfgs` and JAX gradients, in float64 (scoped: the global JAX setting is
+    untouched). Returns the unpacked parameters as float64 arrays."""
     with jax.enable_x64(True):
         vg = jax.jit(jax.value_and_grad(nll))
         args = tuple(jnp.asarray(a) for a in args)
 
         def fun(t):
             v, g = vg(jnp.asarray(t), *args)
-            v, g = float(v), np.asarray(g, np.float64)
-            if not (np.isfinite(v) and np.all(np.isfinite(g))):
-                return 1e10, np.zeros_like(g)  # outside the usable region: back-track
-            return v, g
+            return float(v), np.asarray(g, np.float64)
 
-        res = minimize(fun, theta0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
+        res = minimize_lbfgs(fun, theta0, maxiter)
         return [np.asarray(a, np.float64) for a in _unpack(jnp.asarray(res.x))]
+
+
+_LOGLIK_TRACES = 0
+
+
+def loglik_trace_count() -> int:
+    """How many times the chunk log-likelihood function of `fit_bpz_prior_photoz` has
+    been traced (compiled) in this process."""
+    return _LOGLIK_TRACES
+
+
+@eqx.filter_jit
+def _chunk_log_likelihoods(data, likelihood, x, s, u):
+    """(rows, models) ``log L + log w`` (flat prior) of a chunk of rows. The grid and
+    likelihood are arguments, not closure constants: one compiled function serves
+    every call with the same shapes."""
+    global _LOGLIK_TRACES
+    _LOGLIK_TRACES += 1  # runs at trace time only: counts compilations
+    flat = FlatPrior()
+    models = (data.models, data.models_native, data.targets, data.log_weights)
+
+    def row(xr, sr, ur):
+        return log_weights_and_chi2(likelihood, flat, data, xr, sr, ur, *models, True)[0]
+
+    return jax.vmap(row)(x, s, u)
 
 
 def fit_bpz_prior_photoz(
@@ -396,8 +415,10 @@ def fit_bpz_prior_photoz(
     belongs to, so the type fractions are learned where they matter.
 
     The log likelihoods (objects x models) are computed once with the
-    fitter (float32, chunk by chunk) and held on the host; the optimisation
-    (L-BFGS, exact JAX gradients, float64) only re-evaluates the prior.
+    fitter (float32, in chunks of ``chunk_size`` rows, the last one padded: one
+    compiled function) and held on the host; the optimisation (L-BFGS, exact
+    JAX gradients, float64, `jaxgrid.prob.optimize.minimize_lbfgs`) only
+    re-evaluates the prior.
     Memory: objects x models x 8 bytes. Objects whose true z is outside the
     grid's redshifts, or with no usable band, are left out. ``free`` names the
     parameter groups to fit (``"f"`` and ``"k"`` together: the type
@@ -408,10 +429,7 @@ def fit_bpz_prior_photoz(
     prior that keeps a small training set near the starting parameters.
     Returns a new prior for ``fitter``'s grid.
     """
-    import jax
     from jax.scipy.special import logsumexp as lse
-
-    from .priors import FlatPrior
 
     grid = fitter.grid
     q = prior.resolve(grid.target_names, grid.observable_names)
@@ -420,23 +438,23 @@ def fit_bpz_prior_photoz(
     z = np.asarray(z_true, np.float64)
     if X.ndim != 2 or X.shape != SIG.shape or z.shape != (X.shape[0],):
         raise ValueError("fit_bpz_prior_photoz: X, SIG (N, P) and z_true (N,) do not match.")
+    if not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise ValueError(
+            f"fit_bpz_prior_photoz: `chunk_size` must be a positive integer, got {chunk_size!r}."
+        )
     U = None if upper is None else np.asarray(upper, bool)
-    data, lik, flat = fitter.data, fitter.likelihood_in_space, FlatPrior()
-
-    @jax.jit
-    def loglik(x, s, u):
-        def row(x, s, u):
-            models = (data.models, data.models_native, data.targets, data.log_weights)
-            return log_weights_and_chi2(lik, flat, data, x, s, u, *models, True)[0]
-
-        return jax.vmap(row)(x, s, u)
-
+    data, lik = fitter.data, fitter.likelihood_in_space
     dt = data.models.dtype
+    n = X.shape[0]
     parts = []
-    for a in range(0, X.shape[0], chunk_size):
-        b = min(a + chunk_size, X.shape[0])
-        u = None if U is None else jnp.asarray(U[a:b])
-        parts.append(np.asarray(loglik(jnp.asarray(X[a:b], dt), jnp.asarray(SIG[a:b], dt), u)))
+    for a in range(0, n, chunk_size):
+        b = min(a + chunk_size, n)
+        # the tail is padded with copies of its last row (dropped below), so every
+        # chunk has one shape and the function compiles once
+        pad = ((0, chunk_size - (b - a)), (0, 0))
+        x, s = (jnp.asarray(np.pad(v[a:b], pad, mode="edge"), dt) for v in (X, SIG))
+        u = None if U is None else jnp.asarray(np.pad(U[a:b], pad, mode="edge"))
+        parts.append(np.asarray(_chunk_log_likelihoods(data, lik, x, s, u))[: b - a])
     ll = np.concatenate(parts).astype(np.float64)
     zg = np.asarray(q.z_grid, np.float64)
     model_zi = np.abs(np.asarray(grid.targets[:, q.z_col])[:, None] - zg[None, :]).argmin(1)
