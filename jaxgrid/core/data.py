@@ -9,7 +9,7 @@ from jaxtyping import Array, Float
 __all__ = ["GridData", "standardise_rows"]
 
 
-class GridData(eqx.Module):
+class GridData(eqx.Module, strict=True):
     """Device-side snapshot of a grid, as the traced core sees it.
 
     Attributes:

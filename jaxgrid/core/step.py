@@ -125,7 +125,7 @@ class StepConfig:
     host_order: bool = False
 
 
-class StepParams(eqx.Module):
+class StepParams(eqx.Module, strict=True):
     """Dynamic parameters (changing them does not recompile)."""
 
     keep_mass: Array
@@ -142,7 +142,7 @@ class StepParams(eqx.Module):
     poor_fit_chi2: Array | None = None
 
 
-class Chunk(eqx.Module):
+class Chunk(eqx.Module, strict=True):
     """One chunk of rows, padded to the chunk size with all-NaN rows (which come out
     flagged ``NO_OBSERVABLES`` and are dropped by the host)."""
 
@@ -155,7 +155,7 @@ class Chunk(eqx.Module):
     ref: Int[Array, " rows"] | None = None
 
 
-class ChunkOutput(eqx.Module):
+class ChunkOutput(eqx.Module, strict=True):
     """Per-row results of a chunk (device arrays, leading axis = rows)."""
 
     log_evidence: Array

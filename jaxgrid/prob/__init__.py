@@ -9,6 +9,7 @@ from .posterior import log_evidence as log_evidence
 from .posterior import log_posterior_terms as log_posterior_terms
 from .posterior import normalise_log_weights as normalise_log_weights
 from .posterior import posterior_over_models as posterior_over_models
+from .priors import AbstractObservableDependentPrior as AbstractObservableDependentPrior
 from .priors import AbstractPrior as AbstractPrior
 from .priors import CompositePrior as CompositePrior
 from .priors import DeltaPrior1D as DeltaPrior1D

@@ -51,7 +51,7 @@ HDFN = {
 CWWSB4_BROAD_TYPES = (0, 1, 1, 2, 2, 2, 2, 2)
 
 
-class BPZPrior(ObservableDependentPrior):
+class BPZPrior(ObservableDependentPrior, strict=True):
     """p(z, T | m0) over the object's observed reference magnitude (see module docs).
 
     Build it for a grid with `BPZPrior.for_grid` (or `BPZPrior.hdfn`), which

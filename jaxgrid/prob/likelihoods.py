@@ -57,8 +57,18 @@ def _check_limit_kind(kind: str, owner: str) -> str:
     return kind
 
 
-class AbstractLikelihood(eqx.Module):
-    """Declares ``log_likelihood(x (P,), sigma (P,), models (Nc, P), upper=None) -> (Nc,)``.
+class AbstractLikelihood(eqx.Module, strict=True):
+    """Declares ``log_likelihood_and_chi2(x (P,), sigma (P,), models (Nc, P), upper=None)
+    -> (log L (Nc,), chi2 (Nc,))`` and the hooks below; ``log_likelihood`` and
+    ``__call__`` (``log L`` alone) are final.
+
+    A concrete likelihood implements every abstract method (none is optional: strict
+    Equinox modules never override a concrete method, so there are no defaults to
+    inherit). One that has nothing to say returns: ``chi2 = -2 log L`` and
+    ``chi2_dof = -1`` (not a chi-square statistic), the plain difference from
+    `_plain_log_likelihood_ratio`, ``None`` from ``host_log_likelihood_rows``, itself
+    from ``resolve``/``to_standardised``, ``()`` from ``extensive_cols`` and zeros from
+    ``target_shift``.
 
     ``scale_free`` likelihoods (free amplitude) must see native values: the
     fitter refuses them with ``use_standardised=True``.
@@ -67,6 +77,20 @@ class AbstractLikelihood(eqx.Module):
     scale_free: ClassVar[bool] = False
 
     @abc.abstractmethod
+    def log_likelihood_and_chi2(
+        self,
+        x: Float[Array, " obs"],
+        sigma: Float[Array, " obs"],
+        models: Float[Array, "cand obs"],
+        upper: Bool[Array, " obs"] | None = None,
+    ) -> tuple[Float[Array, " cand"], Float[Array, " cand"]]:
+        """``(log L, chi2)`` of one row against each model (``log L = -inf``: row unusable).
+
+        ``chi2`` is reported as ``chi2_min`` by the batch fitter: Gaussian likelihoods
+        return the plain ``sum_j ((m_ij - x_j) / h_j)^2`` over the row's usable,
+        non-limit bands, computed in the same pass as ``log L``.
+        """
+
     def log_likelihood(
         self,
         x: Float[Array, " obs"],
@@ -75,22 +99,9 @@ class AbstractLikelihood(eqx.Module):
         upper: Bool[Array, " obs"] | None = None,
     ) -> Float[Array, " cand"]:
         """Log-likelihood of one row against each model (``-inf``: row unusable)."""
+        return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
 
-    def log_likelihood_and_chi2(
-        self, x, sigma, models, upper=None
-    ) -> tuple[Float[Array, " cand"], Float[Array, " cand"]]:
-        """``(log L, chi2)`` per model; ``chi2`` is reported as ``chi2_min`` by the batch fitter.
-
-        Default ``chi2 = -2 log L``. Gaussian likelihoods return the plain
-        ``sum_j ((m_ij - x_j) / h_j)^2`` over the row's usable, non-limit bands,
-        computed in the same pass as ``log L``.
-        """
-        ll = self.log_likelihood(x, sigma, models, upper)
-        return ll, -2.0 * ll
-
-    def chi2(self, x, sigma, models, upper=None) -> Float[Array, " cand"]:
-        return self.log_likelihood_and_chi2(x, sigma, models, upper)[1]
-
+    @abc.abstractmethod
     def log_likelihood_ratio(
         self, x, sigma, models, ref: Float[Array, " obs"], upper=None, delta=None
     ) -> Float[Array, " cand"]:
@@ -98,49 +109,57 @@ class AbstractLikelihood(eqx.Module):
 
         The batch step uses it for rows far from every model (``|log L|`` of 1e5 and
         more), where float32 ``log L`` values themselves carry rounding of order 0.01
-        and more. Default: the plain difference. Gaussian likelihoods evaluate it
-        from differences to the reference model, accurate to float32 rounding of
-        the *difference* whatever the size of ``log L``; ``delta`` (Nc, P), when
-        given, is ``models - ref`` computed more accurately by the caller (from
-        native values: z-scored models carry their own rounding).
+        and more. The plain difference is `_plain_log_likelihood_ratio`. Gaussian
+        likelihoods evaluate it from differences to the reference model, accurate to
+        float32 rounding of the *difference* whatever the size of ``log L``; ``delta``
+        (Nc, P), when given, is ``models - ref`` computed more accurately by the caller
+        (from native values: z-scored models carry their own rounding).
         """
-        ll = self.log_likelihood(x, sigma, models, upper)
-        return ll - self.log_likelihood(x, sigma, ref[None, :], upper)[0]
 
+    @abc.abstractmethod
     def host_log_likelihood_rows(self, x, sigma, models, upper=None) -> np.ndarray | None:
         """float64 NumPy ``log L`` of row ``r`` of ``x``/``sigma`` (R, P) against model row
-        ``r`` of ``models`` (R, P), or None when this likelihood has none (the default).
+        ``r`` of ``models`` (R, P), or None when this likelihood has none.
 
         The batch fitter uses it for rows far from every model: their log Z is the
         float32 log Z relative to the best model plus the best model's log weight, whose
         float32 value (``|log L|`` of 1e5 and more) would be off by several nats."""
-        return None
 
+    @abc.abstractmethod
     def chi2_dof(self, x, sigma, upper=None) -> Array:
         """Degrees of freedom of this row's ``chi2`` (the bands in it less the
-        fitted parameters), or ``-1`` when ``chi2`` is not a chi-square statistic
-        (the default ``chi2 = -2 log L``). The batch fitter flags ``POOR_FIT``
-        from it."""
-        return jnp.asarray(-1, jnp.int32)
+        fitted parameters), or ``-1`` when ``chi2`` is not a chi-square statistic.
+        The batch fitter flags ``POOR_FIT`` from it."""
 
+    @abc.abstractmethod
     def resolve(self, target_names: Sequence[str]) -> AbstractLikelihood:
         """This likelihood with target names replaced by indices (extensive targets)."""
-        return self
 
+    @abc.abstractmethod
     def extensive_cols(self) -> tuple[int, ...]:
-        """Target columns shifted per (object, model) by `target_shift` (none by default)."""
-        return ()
+        """Target columns shifted per (object, model) by `target_shift`."""
 
+    @abc.abstractmethod
     def target_shift(self, x, sigma, models, upper=None) -> Float[Array, " cand"]:
         """Per-model shift of the extensive targets (``log10`` of an amplitude)."""
-        return jnp.zeros(models.shape[0], dtype=models.dtype)
 
+    @abc.abstractmethod
     def to_standardised(self, mean: np.ndarray, std: np.ndarray) -> AbstractLikelihood:
         """This likelihood with native-unit parameters mapped to z-scored units."""
-        return self
 
     def __call__(self, x, sigma, models, upper=None):
         return self.log_likelihood(x, sigma, models, upper)
+
+
+def _plain_log_likelihood_ratio(lik: AbstractLikelihood, x, sigma, models, ref, upper):
+    """``log L(models) - log L(ref)`` as the plain difference of ``lik``'s float32 values."""
+    ll = lik.log_likelihood(x, sigma, models, upper)
+    return ll - lik.log_likelihood(x, sigma, ref[None, :], upper)[0]
+
+
+def _no_shift(models: Float[Array, "cand obs"]) -> Float[Array, " cand"]:
+    """`AbstractLikelihood.target_shift` of a likelihood without extensive targets."""
+    return jnp.zeros(models.shape[0], dtype=models.dtype)
 
 
 def _gaussian_sums(
@@ -231,7 +250,7 @@ def _host_gaussian_rows(x, sigma, models, upper, floor, scale, limit_kind) -> np
     return np.where(usable.any(axis=1), const - 0.5 * chi2 + lim, -np.inf)
 
 
-class GaussianProductLikelihood(AbstractLikelihood):
+class GaussianProductLikelihood(AbstractLikelihood, strict=True):
     """Product of independent Gaussians with a bandwidth floor.
 
     ``h_j = max(scale * sigma_j, bandwidth_floor)``;
@@ -261,9 +280,6 @@ class GaussianProductLikelihood(AbstractLikelihood):
         )
         return jnp.where(any_usable, ll, -jnp.inf), chi2
 
-    def log_likelihood(self, x, sigma, models, upper=None):
-        return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
-
     def host_log_likelihood_rows(self, x, sigma, models, upper=None):
         return _host_gaussian_rows(
             x, sigma, models, upper, self.bandwidth_floor, self.scale, self.limit_kind
@@ -280,8 +296,20 @@ class GaussianProductLikelihood(AbstractLikelihood):
         _, _, gauss = _gaussian_bands(x, sigma, upper, self.bandwidth_floor, self.scale)
         return jnp.sum(gauss).astype(jnp.int32)
 
+    def resolve(self, target_names):
+        return self
 
-class CensoredSizeLikelihood(AbstractLikelihood):
+    def extensive_cols(self):
+        return ()
+
+    def target_shift(self, x, sigma, models, upper=None):
+        return _no_shift(models)
+
+    def to_standardised(self, mean, std):
+        return self  # the floor is in the likelihood's units already
+
+
+class CensoredSizeLikelihood(AbstractLikelihood, strict=True):
     """Gaussian photometry plus a left-censored size (object unresolved).
 
     ``log L_i = Gaussian(x[phot], m_i[phot]) + log Phi((s_min - s_i) / h_s)``
@@ -342,17 +370,29 @@ class CensoredSizeLikelihood(AbstractLikelihood):
         censor = jnp.where(size_ok, log_ndtr((self.s_min - models[:, self.size_index]) / hs), 0.0)
         return jnp.where(any_usable | size_ok, ll + censor, -jnp.inf), chi2
 
-    def log_likelihood(self, x, sigma, models, upper=None):
-        return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
-
     def chi2_dof(self, x, sigma, upper=None):
         phot = jnp.asarray(self.phot_indices)
         up = None if upper is None else upper[phot]
         _, _, gauss = _gaussian_bands(x[phot], sigma[phot], up, self.bandwidth_floor, self.scale)
         return jnp.sum(gauss).astype(jnp.int32)
 
+    def log_likelihood_ratio(self, x, sigma, models, ref, upper=None, delta=None):
+        return _plain_log_likelihood_ratio(self, x, sigma, models, ref, upper)
 
-class CompositeLikelihood(AbstractLikelihood):
+    def host_log_likelihood_rows(self, x, sigma, models, upper=None):
+        return None
+
+    def resolve(self, target_names):
+        return self
+
+    def extensive_cols(self):
+        return ()
+
+    def target_shift(self, x, sigma, models, upper=None):
+        return _no_shift(models)
+
+
+class CompositeLikelihood(AbstractLikelihood, strict=True):
     """Sum of likelihood terms (each sees the full row): ``log L = sum_k log L_k``."""
 
     terms: tuple[AbstractLikelihood, ...]
@@ -378,9 +418,6 @@ class CompositeLikelihood(AbstractLikelihood):
             ll, chi2 = ll + ll_t, chi2 + chi2_t
         return ll, chi2
 
-    def log_likelihood(self, x, sigma, models, upper=None):
-        return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
-
     def host_log_likelihood_rows(self, x, sigma, models, upper=None):
         parts = [t.host_log_likelihood_rows(x, sigma, models, upper) for t in self.terms]
         if any(p is None for p in parts):
@@ -398,3 +435,12 @@ class CompositeLikelihood(AbstractLikelihood):
         total = sum(dofs[1:], dofs[0])
         known = jnp.all(jnp.stack([d >= 0 for d in dofs]))
         return jnp.where(known, total, -1).astype(jnp.int32)
+
+    def resolve(self, target_names):
+        return self
+
+    def extensive_cols(self):
+        return ()
+
+    def target_shift(self, x, sigma, models, upper=None):
+        return _no_shift(models)

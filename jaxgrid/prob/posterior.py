@@ -19,7 +19,7 @@ from jax.scipy.special import logsumexp
 from jaxtyping import Array, Bool, Float
 
 from .likelihoods import AbstractLikelihood
-from .priors import AbstractPrior, ObservableDependentPrior, prior_log_prob
+from .priors import AbstractObservableDependentPrior, AbstractPrior, prior_log_prob
 
 __all__ = [
     "log_weights_and_chi2",
@@ -40,7 +40,7 @@ def log_posterior_terms(
     models: Float[Array, "cand obs"],
     targets: Float[Array, "cand targets"],
     likelihood: AbstractLikelihood,
-    prior: AbstractPrior | ObservableDependentPrior,
+    prior: AbstractPrior | AbstractObservableDependentPrior,
     model_weights: Float[Array, " cand"] | None = None,
     upper: Bool[Array, " obs"] | None = None,
     models_native: Float[Array, "cand obs"] | None = None,
@@ -76,7 +76,7 @@ def posterior_over_models(
     models: Any,
     targets: Any,
     likelihood: AbstractLikelihood,
-    prior: AbstractPrior | ObservableDependentPrior,
+    prior: AbstractPrior | AbstractObservableDependentPrior,
     model_weights: Any = None,
     upper: Any = None,
     models_native: Any = None,
@@ -115,7 +115,7 @@ def log_evidence(
     models: Any,
     targets: Any,
     likelihood: AbstractLikelihood,
-    prior: AbstractPrior | ObservableDependentPrior,
+    prior: AbstractPrior | AbstractObservableDependentPrior,
     model_weights: Any = None,
     upper: Any = None,
     models_native: Any = None,

@@ -4,7 +4,8 @@ Two kinds, told apart by type (never by probing):
 
 * `AbstractPrior`: ``log_prob_for_models(targets (Nc, Q)) -> (Nc,)``; depends
   on the models' targets only.
-* `ObservableDependentPrior`: ``log_prob_for_models(targets, observables, x)``
+* `AbstractObservableDependentPrior` (also known by its former name
+  `ObservableDependentPrior`): ``log_prob_for_models(targets, observables, x)``
   where ``observables`` (Nc, P) are the models' **native** observables and
   ``x`` (P,) the object's **native** observed row. Kind (a) uses the models'
   observables (e.g. p(z | model magnitude)); kind (b) uses the observed row
@@ -20,8 +21,6 @@ Empirical priors are immutable: ``fit_from_targets`` / ``fit_from_grid``
 **return** the fitted prior (``prior = prior.fit_from_targets(grid)``).
 """
 
-from __future__ import annotations
-
 import abc
 import dataclasses
 import math
@@ -31,12 +30,14 @@ from typing import Any
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from equinox import AbstractVar
 from jaxtyping import Array, ArrayLike, Float
 
 from ..core.checks import float_dtype, is_traced, scalar_param
 
 __all__ = [
     "AbstractPrior",
+    "AbstractObservableDependentPrior",
     "ObservableDependentPrior",
     "FlatPrior",
     "GaussianPrior1D",
@@ -134,20 +135,24 @@ def _fit_weights(weights: Any, n: int, owner: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ bases
-class AbstractPrior(eqx.Module):
-    """Declares ``log_prob_for_models(targets (Nc, Q)) -> (Nc,)``."""
+# Strict Equinox modules: abstract or final, and no concrete method is overridden, so
+# `resolve` is declared abstract and every concrete prior implements it.
+class AbstractPrior(eqx.Module, strict=True):
+    """Declares ``log_prob_for_models(targets (Nc, Q)) -> (Nc,)`` and ``resolve``."""
 
     @abc.abstractmethod
     def log_prob_for_models(self, targets: Float[Array, "cand targets"]) -> Float[Array, " cand"]:
         """Log prior density of each model's targets."""
 
-    def resolve(self, target_names: Sequence[str], observable_names=None) -> AbstractPrior:
-        """This prior with column names replaced by indices into the grid's columns."""
-        return self
+    @abc.abstractmethod
+    def resolve(self, target_names: Sequence[str], observable_names=None) -> "AbstractPrior":
+        """This prior with column names replaced by indices into the grid's columns
+        (itself when it names no column)."""
 
 
-class ObservableDependentPrior(eqx.Module):
-    """Declares ``log_prob_for_models(targets (Nc,Q), observables (Nc,P), x (P,)) -> (Nc,)``.
+class AbstractObservableDependentPrior(eqx.Module, strict=True):
+    """Declares ``log_prob_for_models(targets (Nc,Q), observables (Nc,P), x (P,)) -> (Nc,)``
+    and ``resolve``.
 
     ``observables`` are the candidate models' native observables and ``x`` the
     object's native observed row (NaN where missing).
@@ -162,23 +167,33 @@ class ObservableDependentPrior(eqx.Module):
     ) -> Float[Array, " cand"]:
         """Log prior density of each model given observables."""
 
-    def resolve(self, target_names, observable_names=None) -> ObservableDependentPrior:
-        return self
+    @abc.abstractmethod
+    def resolve(self, target_names, observable_names=None) -> "AbstractObservableDependentPrior":
+        """This prior with column names replaced by indices into the grid's columns."""
+
+
+#: The former name of `AbstractObservableDependentPrior` (the same class).
+ObservableDependentPrior = AbstractObservableDependentPrior
 
 
 def prior_log_prob(prior, targets, observables, x) -> Float[Array, " cand"]:
     """``log pi`` for either kind of prior (dispatch on the type)."""
-    if isinstance(prior, ObservableDependentPrior):
+    if isinstance(prior, AbstractObservableDependentPrior):
         return prior.log_prob_for_models(targets, observables, x)
     if isinstance(prior, AbstractPrior):
         return prior.log_prob_for_models(targets)
-    raise TypeError(f"prior must be an AbstractPrior or ObservableDependentPrior, got {prior!r}.")
+    raise TypeError(
+        f"prior must be an AbstractPrior or AbstractObservableDependentPrior, got {prior!r}."
+    )
 
 
-class _Prior1D(AbstractPrior):
-    """Abstract base of priors on one target column (``target_col``)."""
+class _AbstractPrior1D(AbstractPrior, strict=True):
+    """Abstract base of priors on one target column (``target_col``, a static field of
+    each concrete prior)."""
 
-    target_col: Column = eqx.field(static=True)
+    # (this file has no `from __future__ import annotations`: Equinox does not read a
+    # stringified AbstractVar)
+    target_col: AbstractVar[Column]
 
     def resolve(self, target_names, observable_names=None):
         owner = type(self).__name__
@@ -191,16 +206,20 @@ class _Prior1D(AbstractPrior):
 
 
 # --------------------------------------------------------- analytic priors
-class FlatPrior(AbstractPrior):
+class FlatPrior(AbstractPrior, strict=True):
     """``log pi = 0`` for every model (the grid sampling itself is the prior)."""
 
     def log_prob_for_models(self, targets):
         return jnp.zeros(targets.shape[0], dtype=targets.dtype)
 
+    def resolve(self, target_names, observable_names=None):
+        return self
 
-class GaussianPrior1D(_Prior1D):
+
+class GaussianPrior1D(_AbstractPrior1D, strict=True):
     """``log pi(t) = -1/2 ((t - mu)/sigma)^2 - log(sigma) - 1/2 log(2 pi)``."""
 
+    target_col: Column = eqx.field(static=True)
     mu: Array
     sigma: Array
 
@@ -225,9 +244,10 @@ def _check_range(low, high, owner: str, lo_name="low", hi_name="high") -> None:
         raise ValueError(f"{owner}: need `{hi_name}` > `{lo_name}`, got {low}, {high}.")
 
 
-class UniformPrior1D(_Prior1D):
+class UniformPrior1D(_AbstractPrior1D, strict=True):
     """``pi(t) = 1 / (high - low)`` on ``[low, high]``, 0 outside."""
 
+    target_col: Column = eqx.field(static=True)
     low: Array
     high: Array
 
@@ -242,12 +262,13 @@ class UniformPrior1D(_Prior1D):
         return _inside(t, self.low, self.high, -jnp.log(self.high - self.low))
 
 
-class DeltaPrior1D(_Prior1D):
+class DeltaPrior1D(_AbstractPrior1D, strict=True):
     """A delta function made usable on a grid: uniform on ``value ± tolerance``.
 
     ``pi(t) = 1 / (2 tolerance)`` for ``|t - value| <= tolerance``, 0 outside.
     """
 
+    target_col: Column = eqx.field(static=True)
     value: Array
     tolerance: Array
 
@@ -262,9 +283,10 @@ class DeltaPrior1D(_Prior1D):
         return _inside(t, lo, hi, -jnp.log(2.0 * self.tolerance))
 
 
-class ExponentialPrior1D(_Prior1D):
+class ExponentialPrior1D(_AbstractPrior1D, strict=True):
     """``pi(t) = exp(-t / scale) / scale`` for ``t >= 0``."""
 
+    target_col: Column = eqx.field(static=True)
     scale: Array
 
     def __init__(self, target_col: Column, scale: ArrayLike):
@@ -276,9 +298,10 @@ class ExponentialPrior1D(_Prior1D):
         return jnp.where(t >= 0, -t / self.scale - jnp.log(self.scale), -jnp.inf)
 
 
-class ExponentialTruncatedPrior1D(_Prior1D):
+class ExponentialTruncatedPrior1D(_AbstractPrior1D, strict=True):
     """``pi(t) = exp(-t/scale) / (scale (1 - exp(-t_max/scale)))`` on ``[0, t_max]``."""
 
+    target_col: Column = eqx.field(static=True)
     scale: Array
     t_max: Array
 
@@ -294,7 +317,7 @@ class ExponentialTruncatedPrior1D(_Prior1D):
         return _inside(t, 0.0, self.t_max, -t / self.scale - log_norm)
 
 
-class PowerLawPrior1D(_Prior1D):
+class PowerLawPrior1D(_AbstractPrior1D, strict=True):
     """``pi(t) = t^alpha / Z`` on ``[t_min, t_max]``.
 
     ``Z = (t_max^(alpha+1) - t_min^(alpha+1)) / (alpha+1)``, evaluated stably
@@ -303,6 +326,7 @@ class PowerLawPrior1D(_Prior1D):
     not a division by zero). ``t_min = 0`` is allowed for ``alpha > -1``.
     """
 
+    target_col: Column = eqx.field(static=True)
     alpha: Array
     t_min: Array
     t_max: Array
@@ -346,7 +370,7 @@ class PowerLawPrior1D(_Prior1D):
 
 
 # -------------------------------------------------------- empirical priors
-class EmpiricalHistogramPrior1D(_Prior1D):
+class EmpiricalHistogramPrior1D(_AbstractPrior1D, strict=True):
     """Piecewise-constant density learned from a sample of one target.
 
     ``fit_from_targets`` histograms the (weighted) values over ``edges``
@@ -356,6 +380,7 @@ class EmpiricalHistogramPrior1D(_Prior1D):
     values outside. Stores ``log_mass`` (fitted masses) and ``log_density``.
     """
 
+    target_col: Column = eqx.field(static=True)
     edges: Array
     log_mass: Array | None
     log_density: Array | None
@@ -378,7 +403,7 @@ class EmpiricalHistogramPrior1D(_Prior1D):
         self.log_mass = _optional_array(log_mass)
         self.log_density = _optional_array(log_density)
 
-    def fit_from_targets(self, targets: Any, weights: Any = None) -> EmpiricalHistogramPrior1D:
+    def fit_from_targets(self, targets: Any, weights: Any = None) -> "EmpiricalHistogramPrior1D":
         """The fitted prior, from a ModelGrid, an (N, Q) or an (N,) array of targets."""
         owner = "EmpiricalHistogramPrior1D"
         t = _target_values(targets, self.target_col, owner)
@@ -403,7 +428,7 @@ class EmpiricalHistogramPrior1D(_Prior1D):
         return self.log_density[_bin_index(self._t(targets), self.edges)]
 
 
-class EmpiricalFlatteningPriorND(AbstractPrior):
+class EmpiricalFlatteningPriorND(AbstractPrior, strict=True):
     """Inverse-occupancy prior that cancels uneven grid sampling in target space.
 
     With (weighted) counts ``n_c`` of the fit sample per cell ``c`` of volume
@@ -477,7 +502,7 @@ class EmpiricalFlatteningPriorND(AbstractPrior):
         norm = np.sum((vol / rho)[counts > 0])
         return -np.log(rho) - np.log(norm)
 
-    def fit_from_targets(self, targets: Any, weights: Any = None) -> EmpiricalFlatteningPriorND:
+    def fit_from_targets(self, targets: Any, weights: Any = None) -> "EmpiricalFlatteningPriorND":
         """The fitted prior, from a ModelGrid or an (N, Q) targets array."""
         owner = type(self).__name__
         if _is_grid(targets):
@@ -517,7 +542,7 @@ class EmpiricalFlatteningPriorND(AbstractPrior):
         return sum(self.log_table[o + i] for o, i in zip(offsets, idx, strict=True))
 
 
-class MagDependentRedshiftPrior(ObservableDependentPrior):
+class MagDependentRedshiftPrior(AbstractObservableDependentPrior, strict=True):
     """``p(z | m)``: redshift prior conditional on a magnitude, learned from the grid.
 
     ``fit_from_grid`` makes the 2-D (weighted) histogram of the models'
@@ -641,7 +666,7 @@ def _weighted_sum(terms, weights, n_models: int, dtype) -> Array:
     return total
 
 
-class CompositePrior(AbstractPrior):
+class CompositePrior(AbstractPrior, strict=True):
     """``log pi = sum_k w_k log pi_k`` over plain priors (zero-weight terms skipped).
 
     Observable-dependent members are rejected (``TypeError``): use
@@ -654,7 +679,7 @@ class CompositePrior(AbstractPrior):
     def __init__(self, priors: Sequence[AbstractPrior], weights: Sequence[float] | None = None):
         priors = tuple(priors)
         for p in priors:
-            if isinstance(p, ObservableDependentPrior):
+            if isinstance(p, AbstractObservableDependentPrior):
                 raise TypeError(
                     f"CompositePrior: {type(p).__name__} depends on observables; use "
                     "ObservableCompositePrior to combine it."
@@ -675,16 +700,16 @@ class CompositePrior(AbstractPrior):
         return _weighted_sum(terms, [w for _, w in kept], targets.shape[0], targets.dtype)
 
 
-class ObservableCompositePrior(ObservableDependentPrior):
+class ObservableCompositePrior(AbstractObservableDependentPrior, strict=True):
     """``log pi = sum_k w_k log pi_k`` over plain and observable-dependent priors."""
 
-    priors: tuple[AbstractPrior | ObservableDependentPrior, ...]
+    priors: tuple[AbstractPrior | AbstractObservableDependentPrior, ...]
     weights: tuple[float, ...] = eqx.field(static=True)
 
     def __init__(self, priors, weights: Sequence[float] | None = None):
         priors = tuple(priors)
         for p in priors:
-            if not isinstance(p, AbstractPrior | ObservableDependentPrior):
+            if not isinstance(p, AbstractPrior | AbstractObservableDependentPrior):
                 raise TypeError(f"ObservableCompositePrior: {p!r} is not a prior.")
         self.weights = _composite_weights(len(priors), weights, "ObservableCompositePrior")
         self.priors = priors

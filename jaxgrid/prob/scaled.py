@@ -43,16 +43,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import log_ndtr
-from jaxtyping import ArrayLike
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ..core.checks import scalar_param
-from .likelihoods import AbstractLikelihood
+from .likelihoods import AbstractLikelihood, _plain_log_likelihood_ratio
 
 __all__ = ["ScaledGaussianLikelihood"]
 
@@ -60,7 +60,25 @@ _LN10_OVER_2_5 = math.log(10.0) / 2.5
 _HI = lax.Precision.HIGHEST
 
 
-class ScaledGaussianLikelihood(AbstractLikelihood):
+class _AmplitudeTerms(NamedTuple):
+    """One row's amplitude fit against each model, in the rescaled units of
+    `ScaledGaussianLikelihood._amplitude_terms` (fluxes and errors over ``c``, each
+    model over ``d``)."""
+
+    m: Float[Array, "cand obs"]  #: models over their largest band value ``d``
+    s2s: Float[Array, " obs"]  #: squared errors over ``c^2``
+    gauss: Bool[Array, " obs"]  #: bands in the Gaussian amplitude fit
+    censored: Bool[Array, " obs"]  #: non-detections added as censored terms
+    A: Float[Array, " cand"]  #: ``sum m^2 / s^2``
+    A_safe: Float[Array, " cand"]  #: ``A``, 1 where it is not positive
+    B: Float[Array, " cand"]  #: ``sum f m / s^2``
+    C: Float[Array, ""]  #: ``sum f^2 / s^2``
+    a_prime: Float[Array, " cand"]  #: the profile amplitude (>= 0) in rescaled units
+    const: Float[Array, ""]  #: ``-1/2 sum log(2 pi s^2)`` over the Gaussian bands (native)
+    log_scale: Float[Array, " cand"]  #: ``log(c / d)``: ``a* = a' c / d``
+
+
+class ScaledGaussianLikelihood(AbstractLikelihood, strict=True):
     """Gaussian likelihood of ``a m_i`` with a free amplitude ``a >= 0`` (see module docs)."""
 
     error_floor_mag: ArrayLike
@@ -160,34 +178,39 @@ class ScaledGaussianLikelihood(AbstractLikelihood):
         a_prime = jnp.maximum(jnp.where(A > 0, B / A_safe, 0.0), 0.0)
         const = -0.5 * jnp.sum(jnp.where(gauss, jnp.log(2.0 * jnp.pi * s2), 0.0))
         log_scale = 0.5 * jnp.log(c2) - jnp.log(d)  # log(c / d): a* = a' c / d
-        return m, s2s, gauss, censored, A, A_safe, B, C, a_prime, const, log_scale
+        return _AmplitudeTerms(m, s2s, gauss, censored, A, A_safe, B, C, a_prime, const, log_scale)
 
     def log_likelihood_and_chi2(self, x, sigma, models, upper=None):
-        m, s2s, gauss, censored, A, A_safe, B, C, a_prime, const, log_scale = self._amplitude_terms(
-            x, sigma, models, upper
-        )
-        chi2_best = jnp.maximum(C - 2.0 * B * a_prime + A * a_prime**2, 0.0)
+        t = self._amplitude_terms(x, sigma, models, upper)
+        A, B, a_prime = t.A, t.B, t.a_prime
+        chi2_best = jnp.maximum(t.C - 2.0 * B * a_prime + A * a_prime**2, 0.0)
         if self.mode == "profile":
-            ll = const - 0.5 * chi2_best
+            ll = t.const - 0.5 * chi2_best
         else:
-            chi2_min = jnp.maximum(C - jnp.where(A > 0, B**2 / A_safe, 0.0), 0.0)
+            chi2_min = jnp.maximum(t.C - jnp.where(A > 0, B**2 / t.A_safe, 0.0), 0.0)
             ll = (
-                const
+                t.const
                 - 0.5 * chi2_min
-                + 0.5 * jnp.log(2.0 * jnp.pi / A_safe)
-                + log_ndtr(B / jnp.sqrt(A_safe))
-                + log_scale  # da = (c / d) da'
+                + 0.5 * jnp.log(2.0 * jnp.pi / t.A_safe)
+                + log_ndtr(B / jnp.sqrt(t.A_safe))
+                + t.log_scale  # da = (c / d) da'
             )
-            ll = jnp.where(A > 0, ll, const - 0.5 * C)  # a model dark in every band
+            ll = jnp.where(A > 0, ll, t.const - 0.5 * t.C)  # a model dark in every band
         if self.nondetection == "censored" and upper is not None:
-            s_lim = jnp.sqrt(s2s)
-            lim = log_ndtr((self.nondetection_nsigma * s_lim - a_prime[:, None] * m) / s_lim)
-            ll = ll + jnp.sum(jnp.where(censored, lim, 0.0), axis=-1)
-        any_band = jnp.any(gauss | censored)
+            s_lim = jnp.sqrt(t.s2s)
+            lim = log_ndtr((self.nondetection_nsigma * s_lim - a_prime[:, None] * t.m) / s_lim)
+            ll = ll + jnp.sum(jnp.where(t.censored, lim, 0.0), axis=-1)
+        any_band = jnp.any(t.gauss | t.censored)
         return jnp.where(any_band, ll, -jnp.inf), chi2_best
 
-    def log_likelihood(self, x, sigma, models, upper=None):
-        return self.log_likelihood_and_chi2(x, sigma, models, upper)[0]
+    def log_likelihood_ratio(self, x, sigma, models, ref, upper=None, delta=None):
+        return _plain_log_likelihood_ratio(self, x, sigma, models, ref, upper)
+
+    def host_log_likelihood_rows(self, x, sigma, models, upper=None):
+        return None
+
+    def to_standardised(self, mean, std):
+        return self  # scale free: the fitter never standardises its rows
 
     def chi2_dof(self, x, sigma, upper=None):
         """The Gaussian bands (non-detections included with ``"zero_flux"``) less the
@@ -195,14 +218,9 @@ class ScaledGaussianLikelihood(AbstractLikelihood):
         _, _, gauss, _ = self._bands(x, sigma, upper)
         return jnp.maximum(jnp.sum(gauss) - 1, 0).astype(jnp.int32)
 
-    def amplitude(self, x, sigma, models, upper=None):
-        """The profile amplitude ``a*`` (>= 0) of each model."""
-        t = self._amplitude_terms(x, sigma, models, upper)
-        return t[8] * jnp.exp(t[10])
-
     def target_shift(self, x, sigma, models, upper=None):
         """``log10 a*`` per model, added to extensive targets. A model whose best
         amplitude is 0 gets ``log10(1e-30) + log10(c/d)`` (far outside any bins) —
         such models fit worse than any dimmed one and carry negligible weight."""
         t = self._amplitude_terms(x, sigma, models, upper)
-        return jnp.log10(jnp.maximum(t[8], 1e-30)) + t[10] / jnp.log(10.0)
+        return jnp.log10(jnp.maximum(t.a_prime, 1e-30)) + t.log_scale / jnp.log(10.0)
