@@ -11,10 +11,11 @@ these members works:
 * ``batch_candidates(Y (M, P), SIG (M, P)) -> (idx (M, K) int, mask (M, K)
   bool, level)`` — native rows in, candidate model indices out (``mask``
   false for padding); ``level`` is an int or None, stored with the results;
-* optionally ``last_fallback_rows`` (M,) bool, set by ``batch_candidates``:
+* ``batch_candidates`` may return a fourth element, ``fallback`` (M,) bool:
   rows the selector could not serve (they are fitted against the full grid
   and flagged ``Status.FULL_GRID_FALLBACK``); rows with an all-false mask
-  are treated the same way;
+  are treated the same way (`KDTreeBinner` uses that; its
+  ``last_fallback_rows`` attribute is a diagnostic fit_batch does not read);
 * optionally ``info() -> dict`` (JSON-able; stored in the output file's
   configuration).
 """
