@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,21 @@ def _check_candidates(idx: Any, mask: Any, n: int, k: int) -> tuple[np.ndarray, 
 
 
 # ---------------------------------------------------------------- execution
+class _Prepared(NamedTuple):
+    """A chunk prepared on the host: the step's arrays (``dtype``), the binner's
+    level, host flags per row and the rows (with their arrays) of its fallback chunk."""
+
+    arrays: dict[str, Any]
+    level: Any
+    extra_flags: np.ndarray
+    fb_rows: np.ndarray | None
+    fb_arrays: dict[str, Any] | None
+
+    @property
+    def host(self):
+        return (self.arrays, self.fb_arrays)
+
+
 class _Runner:
     """Dispatches chunks to the device(s) and collects host results in order."""
 
@@ -62,6 +77,9 @@ class _Runner:
         self.devices = jax.local_devices()
         self.datas = [jax.device_put(plan.data, d) for d in self.devices]
         self._full_datas = None  # the padded full grid, built on first fallback
+        # Read on the calling thread: JAX's x64 setting is thread-local (``with
+        # jax.enable_x64(True):``), and chunks are prepared on worker threads.
+        self.dtype = float_dtype()
 
     def _split(self, arrays: dict[str, Any]) -> list[Chunk]:
         """Equal row slices of the chunk arrays, one per device."""
@@ -97,11 +115,13 @@ class _Runner:
             self._full_datas = [jax.device_put(padded, d) for d in self.devices]
         return self._full_datas
 
-    def _prepare(self, rows: np.ndarray):
+    def _prepare(self, rows: np.ndarray) -> _Prepared:
+        """A chunk's host arrays (worker threads: NumPy only, no JAX call — JAX's
+        dtype settings are thread-local; `_to_devices` moves them on the caller's)."""
         plan, c = self.plan, self.plan.chunk_size
         n = rows.size
         p = plan.X.shape[1]
-        dt = float_dtype()
+        dt = self.dtype
         x = np.full((c, p), np.nan)
         s = np.full((c, p), np.nan)
         x[:n], s[:n] = plan.X[rows], plan.S[rows]
@@ -148,7 +168,7 @@ class _Runner:
         mean_std = self.fitter.prepared.mean_std
         xd, sd = standardise_rows(plan.data, mean_std, x, s, dt)
         arrays = dict(x=xd, sigma=sd, upper=upper, cand=cand, cand_mask=cmask)
-        fb_rows = fb_parts = fb_arrays = None
+        fb_rows = fb_arrays = None
         if self.binner is not None and plan.full_config is not None and fallback.any():
             # rows the binner could not serve: the whole grid, in a chunk of their own
             fb_rows = np.flatnonzero(fallback)
@@ -170,9 +190,17 @@ class _Runner:
                 cand=None,
                 cand_mask=None,
             )
-            fb_parts = self._split(fb_arrays)
-        fb = (fb_rows, fb_parts)
-        return self._split(arrays), level, extra_flags, fb, (arrays, fb_arrays)
+        return _Prepared(arrays, level, extra_flags, fb_rows, fb_arrays)
+
+    def _to_devices(self, prep: _Prepared) -> tuple[list[Chunk], list[Chunk] | None]:
+        """The chunk's (and its fallback chunk's) device slices; on the calling thread."""
+        fb_parts = None if prep.fb_rows is None else self._split(prep.fb_arrays)
+        return self._split(prep.arrays), fb_parts
+
+    def chunk_parts(self, rows: np.ndarray) -> list[Chunk]:
+        """The device slices `chunk_step` gets for catalog ``rows`` (at most one chunk),
+        as `run` builds them; for benchmarks and tests of the step alone."""
+        return self._to_devices(self._prepare(rows))[0]
 
     def run(self, todo: np.ndarray) -> Iterator[dict[str, Any]]:
         """Yield host results per chunk, in order, one chunk behind the device."""
@@ -180,9 +208,9 @@ class _Runner:
         if plan.X.shape[0] == 0:
             # an empty catalog: one empty chunk through the same step (one all-padding
             # chunk), so every field comes back with its dtype and trailing shape
-            parts, level, extra, _, host = self._prepare(todo[:0])
-            outs = self._dispatch(plan.config, self.datas, parts)
-            yield self._collect(todo[:0], level, extra, outs, None, host)
+            prep = self._prepare(todo[:0])
+            outs = self._dispatch(plan.config, self.datas, self._to_devices(prep)[0])
+            yield self._collect(todo[:0], prep.level, prep.extra_flags, outs, None, prep.host)
             return
         starts = range(0, todo.size, c)
         pending: deque = deque()
@@ -191,18 +219,19 @@ class _Runner:
             next_start = 2 * c
             for s in starts:
                 rows = todo[s : s + c]
-                parts, level, extra, (fb_rows, fb_parts), host = futures.popleft().result()
+                prep = futures.popleft().result()
                 if next_start < todo.size:
                     futures.append(pool.submit(self._prepare, todo[next_start : next_start + c]))
                     next_start += c
+                parts, fb_parts = self._to_devices(prep)
                 outs = self._dispatch(plan.config, self.datas, parts)
                 fb = None
-                if fb_rows is not None:
+                if prep.fb_rows is not None:
                     fb = (
-                        fb_rows,
+                        prep.fb_rows,
                         self._dispatch(plan.full_config, self._full_grid_datas(), fb_parts),
                     )
-                pending.append((rows, level, extra, outs, fb, host))
+                pending.append((rows, prep.level, prep.extra_flags, outs, fb, prep.host))
                 if len(pending) > 1:
                     yield self._collect(*pending.popleft())
             while pending:
