@@ -101,11 +101,6 @@ class LinearStandardiser:
         self._require_fitted()
         return values * self._as(values, self.std) + self._as(values, self.mean)
 
-    def scale_sigma(self, sigma: Any) -> Any:
-        """Errors in standardised units: ``sigma / std``."""
-        self._require_fitted()
-        return sigma / self._as(sigma, self.std)
-
     def select(self, columns: Sequence[int]) -> LinearStandardiser:
         """A standardiser restricted to ``columns`` (unfitted stays unfitted)."""
         if not self.is_fitted:

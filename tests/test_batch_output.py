@@ -12,6 +12,7 @@ import pytest
 from conftest import make_grid
 
 from jaxgrid import GridFitter
+from jaxgrid.core.status import Status
 from jaxgrid.io.results import GridFitHDF5Writer, read_fit_results
 
 HERE = Path(__file__).parent
@@ -212,9 +213,27 @@ def test_standalone_writer(tmp_path):
             "bad": np.array([False, False]),
         }
         w.write(np.array([1, 3]), res)
-        w.mark_failed(np.array([4]), 1)
+        # a failed row as fit_batch hands it to the writer: bad, its status flags, NaN
+        # summaries, nothing kept
+        failed = {k: np.full((1, *np.shape(v)[1:]), np.nan) for k, v in res.items() if k != "pdf"}
+        failed |= {
+            "level": np.array([-1]),
+            "n_before": np.array([0]),
+            "n_after": np.array([0]),
+            "best": np.array([-1]),
+            "nmodes": np.array([[-1]]),
+            "pdf": [np.full((1, 2), np.nan)],
+            "candidate_idx": np.zeros(0, np.int64),
+            "candidate_w": np.zeros(0),
+            "candidate_offsets": np.array([0, 0]),
+            "status": np.array([int(Status.NO_OBSERVABLES)], np.int32),
+            "bad": np.array([True]),
+        }
+        w.write(np.array([4]), failed)
     f = read_fit_results(path, "/g")
     np.testing.assert_array_equal(f["index/written"], [0, 1, 0, 1, -1])
+    assert f["index/status"][4] == int(Status.NO_OBSERVABLES)
+    assert np.isnan(f["stats/t/mean"][4]) and len(f["candidates/candidates"][4]) == 0
     np.testing.assert_array_equal(f["candidates/candidates"][1], [4, 2])
     np.testing.assert_array_equal(f["stats/t/mean"][[1, 3]], [0.5, 0.2])
     assert f["configuration"] == {"a": 1}

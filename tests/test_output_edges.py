@@ -290,8 +290,9 @@ def test_malformed_rows_are_refused(tmp_path, rows, match):
     with _writer(tmp_path / "o.h5") as w:
         with pytest.raises((ValueError, TypeError), match=match):
             w.write(rows, _chunk(range(3)))
+        failed = _chunk(range(3)) | {"bad": np.ones(3, bool), "status": np.ones(3, np.int32)}
         with pytest.raises((ValueError, TypeError), match=match):
-            w.mark_failed(rows)
+            w.write(rows, failed)  # failed rows go through the same check
         assert not w.written().any()
 
 

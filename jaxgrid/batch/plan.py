@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..binning import Binner
 from ..core.checks import cast_overflows, float_dtype, masked_to_nan
 from ..core.data import GridData
 from ..core.status import POOR_FIT_PROBABILITY, Status
@@ -239,9 +240,7 @@ def _pool_size(binner) -> int | None:
     """The binner's candidates per row (None without a binner)."""
     if binner is None:
         return None
-    if not callable(getattr(binner, "batch_candidates", None)) or not hasattr(
-        binner, "n_candidates"
-    ):
+    if not isinstance(binner, Binner):  # a runtime-checkable Protocol: its members exist
         raise TypeError(
             "`binner` must follow the binner protocol (a fitted object with n_candidates "
             "and batch_candidates(Y, SIG) -> (idx, mask, level)); got "

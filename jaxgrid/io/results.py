@@ -554,8 +554,8 @@ class GridFitHDF5Writer:
             is written to the journal at once: a killed process loses nothing written;
             this bounds what a power loss can take).
 
-    Use as a context manager; ``write(rows, results)`` commits a chunk,
-    ``mark_failed(rows)`` flags rows (written -1) without results. The HDF5 group is
+    Use as a context manager; ``write(rows, results)`` commits a chunk (rows with
+    ``results["bad"]`` true are flagged: written -1, their status kept). The HDF5 group is
     (re)assembled when the writer closes normally; closing on an exception leaves
     the file as it was and the journal for a resume. See the module docstring.
     """
@@ -773,20 +773,6 @@ class GridFitHDF5Writer:
         arrays["cand_idx"], arrays["cand_w"], arrays["cand_off"] = idx.ravel(), w.ravel(), off
         for name, dtype, _, shape in self._fields:
             arrays[name] = np.asarray(arrays[name], dtype).reshape((rows.size, *shape))
-        self._append(rows, arrays)
-
-    def mark_failed(self, rows: np.ndarray, flags: int | np.ndarray = 0) -> None:
-        """Flag ``rows`` as failed (written -1) without results."""
-        rows = self._rows(rows)
-        if rows.size == 0:
-            return
-        arrays = {"rows": rows}
-        for name, dtype, fill, shape in self._fields:
-            arrays[name] = np.full((rows.size, *shape), fill, dtype)
-        arrays["index/written"][:] = -1
-        arrays["index/status"][:] = flags
-        arrays["cand_off"] = np.zeros(rows.size + 1, np.int64)
-        arrays["cand_idx"], arrays["cand_w"] = np.zeros(0, np.int64), np.zeros(0)
         self._append(rows, arrays)
 
     def _append(self, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
