@@ -3,6 +3,7 @@ DC2 sample (no true redshifts used), and report on the other half (mean log
 evidence, photo-z metrics, PIT) against the literature HDF-N prior.
 
     python bench/calibrate_dc2.py
+    python bench/calibrate_dc2.py --smoke   # 100 + 100 objects, 2 iterations: the code paths
 
 Grid: the 8 bundled templates x 301 redshifts (Madau IGM); likelihood: marginal
 amplitude, censored non-detections, 0.1 mag floor. Per-band zero points (magnitude
@@ -10,6 +11,7 @@ offsets on the fluxes, i band fixed) with a N(0, 0.05 mag) prior: without it the
 trade against template mismatch and run to unphysical values.
 """
 
+import argparse
 import time
 
 import jax
@@ -24,10 +26,16 @@ from jaxgrid.prob import BPZPrior, ScaledGaussianLikelihood
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: the code paths, seconds")
+    args = ap.parse_args()
     grid, F, SF, up, zt, _ = photoz_setup(n_interp=0)
     rng = np.random.default_rng(0)
     idx = rng.permutation(len(zt))
     train, test = idx[: len(zt) // 2], idx[len(zt) // 2 :]
+    if args.smoke:
+        print("smoke run: 100 + 100 objects, 2 iterations; the figures mean nothing")
+        train, test = train[:100], test[:100]
     lik = ScaledGaussianLikelihood(mode="marginal", nondetection="censored", error_floor_mag=0.1)
     base = BPZPrior.hdfn(grid, "flux_i", flux_zero_point=31.4)
     fitter = GridFitter(grid, lik, base, use_standardised=False)
@@ -61,8 +69,8 @@ def main():
         zero_points="flux",
         fixed_zero_points=[3],
         zero_point_sigma=0.05,
-        chunk_size=512,
-        maxiter=60,
+        chunk_size=64 if args.smoke else 512,
+        maxiter=2 if args.smoke else 60,
     )
     print(
         f"calibration on {len(train)} objects: {time.perf_counter() - t0:.0f} s, "

@@ -3,6 +3,7 @@ fit returning chunks (no file), and the writer's own phases.
 
     python bench/output.py            # M = 40,000 objects, N = 20,000 models
     python bench/output.py --quick    # M = 8,000
+    python bench/output.py --smoke    # M = 512, N = 2,000: the code paths, seconds
 
 Workload: N models, P = 5, 2 targets x 100 bins with PDFs stored, keep_mass 0.99
 (candidate lists of >= 128 models per row written as variable-length data), default
@@ -26,14 +27,15 @@ import numpy as np
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: the code paths, seconds")
     args = ap.parse_args()
     import jax
 
     from jaxgrid import GridFitter, ModelGrid
     from jaxgrid.io import results as results_mod
 
-    m = 8_000 if args.quick else 40_000
-    n, p = 20_000, 5
+    m = 512 if args.smoke else 8_000 if args.quick else 40_000
+    n, p = 2_000 if args.smoke else 20_000, 5
     rng = np.random.default_rng(0)
     obs = rng.normal(22.0, 1.5, (n, p))
     tgt = rng.uniform(0, 1, (n, 2))

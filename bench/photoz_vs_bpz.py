@@ -1,6 +1,7 @@
 """jaxgrid vs BPZ (LSST DESC RAIL's BPZliteEstimator) on the bundled DC2 sample.
 
     python bench/photoz_vs_bpz.py --rail-python /path/to/venv-with-pz-rail-bpz/bin/python
+    python bench/photoz_vs_bpz.py --smoke   # 200 objects, jaxgrid alone: the code paths
 
 BPZ runs in its own environment (``python -m venv railenv && railenv/bin/pip
 install pz-rail-bpz``: its dependencies differ from jaxgrid's), in a child
@@ -84,7 +85,7 @@ def bpz_equivalent_inputs(path):
     return flux, ferr, nondet, z_true
 
 
-def fit_jaxgrid(grid, F, SF, upper, lik, prior, edges):
+def fit_jaxgrid(grid, F, SF, upper, lik, prior, edges, reps=3):
     from jaxgrid import GridFitter
 
     fitter = GridFitter(grid, lik, prior, use_standardised=False)
@@ -100,7 +101,7 @@ def fit_jaxgrid(grid, F, SF, upper, lik, prior, edges):
     )
     list(fitter.fit_batch(F, SF, **kw))  # compile (the default chunk size: 512 rows here)
     times = []
-    for _ in range(3):  # best of 3, as for BPZ
+    for _ in range(reps):  # best of 3, as for BPZ
         t0 = time.perf_counter()
         chunks = list(fitter.fit_batch(F, SF, **kw))
         times.append(time.perf_counter() - t0)
@@ -124,7 +125,21 @@ def metrics_row(name, z_true, zmode, pdf, edges, seconds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rail-python", help="python of an environment with pz-rail-bpz")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the first 200 objects, 1 interpolated template, 2 training iterations; "
+        "without BPZ (it runs on the whole sample)",
+    )
     args = ap.parse_args()
+    n_obj = 200 if args.smoke else None  # None: every object
+    n_interp = 1 if args.smoke else 5
+    reps = 1 if args.smoke else 3
+    if args.smoke:
+        print("smoke run: 200 objects, the figures mean nothing; BPZ skipped (whole sample)")
+        args.rail_python = None
+    elif not args.rail_python:
+        print("BPZ not run (no --rail-python): its rows are skipped")
     from jaxgrid.data import DC2_TRAINING, data_path
     from jaxgrid.demo import photoz_setup
     from jaxgrid.photometry import build_template_grid
@@ -157,10 +172,10 @@ def main():
         igm=None,
         filter_names=[f"flux_{b}" for b in BANDS],
     )
-    F, SF, upper, z_true = bpz_equivalent_inputs(DC2_TRAINING)
+    F, SF, upper, z_true = (a[:n_obj] for a in bpz_equivalent_inputs(DC2_TRAINING))
     lik = ScaledGaussianLikelihood(mode="profile", nondetection="zero_flux")
     prior = BPZPrior.hdfn(grid, "flux_i", flux_zero_point=0.0)  # fluxes in maggies
-    zj, pdf_j, t_j = fit_jaxgrid(grid, F, SF, upper, lik, prior, edges)
+    zj, pdf_j, t_j = fit_jaxgrid(grid, F, SF, upper, lik, prior, edges, reps)
     if bpz_zmode is not None:
         rows.append(
             metrics_row(
@@ -172,12 +187,13 @@ def main():
     # profile amplitude, zero-flux non-detections, 0.1 mag floor, and the BPZ prior
     # trained for the photo-z log score (fit_photoz, stiffness 0.2) on one half and
     # applied to the other (2-fold cross-fitting: no object's own redshift is used)
-    grid0, F2, SF2, up2, zt2, _ = photoz_setup(n_interp=0)
-    grid5 = photoz_setup(n_interp=5)[0]
+    grid0, *inputs = photoz_setup(n_interp=0)
+    F2, SF2, up2, zt2 = (a[:n_obj] for a in inputs[:4])
+    grid5 = photoz_setup(n_interp=n_interp)[0]
     lik2 = ScaledGaussianLikelihood(mode="profile", nondetection="zero_flux", error_floor_mag=0.1)
     hdfn0 = BPZPrior.hdfn(grid0, "flux_i", flux_zero_point=31.4)
     hdfn5 = BPZPrior.hdfn(grid5, "flux_i", flux_zero_point=31.4)
-    z_h, pdf_h, t_h = fit_jaxgrid(grid5, F2, SF2, up2, lik2, hdfn5, edges)
+    z_h, pdf_h, t_h = fit_jaxgrid(grid5, F2, SF2, up2, lik2, hdfn5, edges, reps)
     rows.append(metrics_row(RECOMMENDED + ", HDF-N prior", zt2, z_h, pdf_h, edges, t_h))
     from jaxgrid import GridFitter
 
@@ -188,12 +204,18 @@ def main():
     for train, test in (halves, halves[::-1]):
         t0 = time.perf_counter()
         fit = hdfn0.fit_photoz(
-            trainer, F2[train], SF2[train], zt2[train], up2[train], stiffness=0.2
+            trainer,
+            F2[train],
+            SF2[train],
+            zt2[train],
+            up2[train],
+            stiffness=0.2,
+            maxiter=2 if args.smoke else 200,
         )
         t_train += time.perf_counter() - t0
         prior = hdfn5.with_params(fit.alpha, fit.z0, fit.km, fit.f, fit.k)
         z2[test], pdf2[test], dt = fit_jaxgrid(
-            grid5, F2[test], SF2[test], up2[test], lik2, prior, edges
+            grid5, F2[test], SF2[test], up2[test], lik2, prior, edges, reps
         )
         t2 += dt
     rows.append(metrics_row(RECOMMENDED + ", trained prior", zt2, z2, pdf2, edges, t2))

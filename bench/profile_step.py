@@ -1,12 +1,14 @@
 """Where the time of the B1 chunk step goes (CPU): times its stages in isolation.
 
-    python bench/profile_step.py
+    python bench/profile_step.py [--smoke]
 
 Stages, cumulative, per (object, model) pair, chunk of 64 rows x N = 100,000:
 likelihood + prior (log weights and chi^2), the row reductions (max, sum of
 exp, ESS, counts), the top-k, and the whole step (truncation + summaries).
+``--smoke``: N = 2,000, 16 rows, one repetition (the code paths, seconds).
 """
 
+import argparse
 import time
 
 import jax
@@ -30,7 +32,7 @@ def timed(fn, reps=5):
     return (time.perf_counter() - t0) / reps
 
 
-def main(n=100_000, p=6, c=64):
+def main(n=100_000, p=6, c=64, reps=5):
     rng = np.random.default_rng(0)
     obs = rng.normal(22, 1.5, (n, p)).astype(np.float32)
     tgt = rng.uniform(0, 1, (n, 4)).astype(np.float32)
@@ -43,7 +45,7 @@ def main(n=100_000, p=6, c=64):
     )
     plan = plan_batch(fitter, X, S, options)
     runner = _Runner(fitter, plan, None, 1)
-    (chunk,), *_ = runner._prepare(np.arange(c))
+    (chunk,) = runner.chunk_parts(np.arange(c))
     data, lik, prior = runner.datas[0], fitter.likelihood_in_space, fitter.prior
 
     def evaluate(x, s):
@@ -88,12 +90,15 @@ def main(n=100_000, p=6, c=64):
 
     pairs = c * n
     rows = [
-        ("log weights + chi2 (likelihood, prior)", timed(lambda: stage1(chunk.x, chunk.sigma))),
-        ("+ row reductions (logsumexp, ESS)", timed(lambda: stage2(chunk.x, chunk.sigma))),
-        ("+ top-128 (two-level, XLA CPU TopK)", timed(lambda: stage3(chunk.x, chunk.sigma))),
+        (
+            "log weights + chi2 (likelihood, prior)",
+            timed(lambda: stage1(chunk.x, chunk.sigma), reps),
+        ),
+        ("+ row reductions (logsumexp, ESS)", timed(lambda: stage2(chunk.x, chunk.sigma), reps)),
+        ("+ top-128 (two-level, XLA CPU TopK)", timed(lambda: stage3(chunk.x, chunk.sigma), reps)),
         (
             "whole chunk step (truncation, 4 x 100-bin stats)",
-            timed(lambda: chunk_step(plan.config, data, lik, prior, plan.params, chunk)),
+            timed(lambda: chunk_step(plan.config, data, lik, prior, plan.params, chunk), reps),
         ),
     ]
     print(f"chunk {c} rows x N={n:,}, P={p}, {jax.devices()[0].platform}")
@@ -102,4 +107,10 @@ def main(n=100_000, p=6, c=64):
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: the code paths, seconds")
+    args = ap.parse_args()
+    if args.smoke:
+        main(n=2_000, c=16, reps=1)
+    else:
+        main()

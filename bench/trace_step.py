@@ -1,6 +1,6 @@
 """Which XLA operations of the chunk step take the time (CPU): a jax.profiler trace.
 
-    python bench/trace_step.py [--workload photoz|dense|b1] [--rows 512] [--top 25]
+    python bench/trace_step.py [--workload photoz|dense|b1] [--rows 512] [--top 25] [--smoke]
 
 Runs the photo-z step with BPZ-equivalent settings (the bundled DC2 sample,
 8 templates x 301 redshifts, profile amplitude, HDF-N prior, full PDFs), or the
@@ -8,6 +8,7 @@ dense workload of bench/vs_besta.py, or B1, a few times under ``jax.profiler``
 and prints each XLA thunk's time per chunk and per (object, model) pair, with
 its shape and the source operation from the compiled HLO's ``op_name``
 metadata. See docs/performance.md for what such traces found.
+``--smoke``: 32 rows, two timed steps and one traced (the code paths, seconds).
 """
 
 import argparse
@@ -93,14 +94,16 @@ def main():
     ap.add_argument("--rows", type=int, default=None, help="rows per chunk")
     ap.add_argument("--top", type=int, default=25, help="operations to list")
     ap.add_argument("--workload", choices=["photoz", "dense", "b1"], default="photoz")
+    ap.add_argument("--smoke", action="store_true", help="32 rows, few repetitions")
     args = ap.parse_args()
-    c = args.rows or (512 if args.workload == "photoz" else 64)
+    c = args.rows or (32 if args.smoke else 512 if args.workload == "photoz" else 64)
+    n_timed, reps = (2, 1) if args.smoke else (10, 5)
     if args.workload == "photoz":
         grid, fitter, plan = photoz_plan(c)
     else:
         grid, fitter, plan = dense_plan(c, b1=args.workload == "b1")
     runner = _Runner(fitter, plan, None, 1)
-    (chunk,), *_ = runner._prepare(np.arange(c))
+    (chunk,) = runner.chunk_parts(np.arange(c))
     step_args = (plan.config, runner.datas[0], fitter.likelihood_in_space, fitter.prior)
     step_args = step_args + (plan.params, chunk)
 
@@ -109,13 +112,12 @@ def main():
 
     step()
     times = []
-    for _ in range(10):
+    for _ in range(n_timed):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
     pairs = c * grid.n_models
     print(f"step: best {min(times) * 1e3:.2f} ms = {min(times) / pairs * 1e9:.2f} ns/pair")
-    reps = 5
     with tempfile.TemporaryDirectory() as tmp:
         jax.profiler.start_trace(tmp, create_perfetto_trace=True)
         for _ in range(reps):

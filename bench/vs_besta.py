@@ -2,7 +2,8 @@
 
     python bench/vs_besta.py --besta-python /tmp/besta/venv/bin/python \
                              --besta-src /tmp/besta/src
-    python bench/vs_besta.py --quick ...     # small sizes, a smoke run
+    python bench/vs_besta.py --quick ...     # small sizes
+    python bench/vs_besta.py --smoke         # tiny sizes, jaxgrid alone unless BESTA is given
 
 BESTA runs in its own virtual environment (recipe in bench/README.md); this
 script writes the workload to a temporary .npz, times BESTA on it in a
@@ -129,13 +130,19 @@ def time_jaxgrid(obs, tgt, X, S, edges, mode, return_mode, m):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--besta-python", required=True, help="python of the BESTA venv")
-    ap.add_argument("--besta-src", required=True, help="folder holding the besta package")
+    ap.add_argument("--besta-python", help="python of the BESTA venv (required unless --smoke)")
+    ap.add_argument("--besta-src", help="folder holding the besta package")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny sizes (seconds); BESTA only if it is given"
+    )
     a = ap.parse_args()
-    scale = 10 if a.quick else 1
-    n = 20_000 // (2 if a.quick else 1)
-    obs, tgt, X, S = make_problem(n=n)
+    use_besta = bool(a.besta_python and a.besta_src)
+    if not use_besta and not a.smoke:
+        ap.error("--besta-python and --besta-src are required (or --smoke for jaxgrid alone)")
+    scale = 200 if a.smoke else 10 if a.quick else 1
+    n = 2_000 if a.smoke else 20_000 // (2 if a.quick else 1)
+    obs, tgt, X, S = make_problem(n=n, m=40_000 // scale)
     edges = np.linspace(0.0, 1.0, 51)
     import jax
 
@@ -144,13 +151,15 @@ def main():
         f"JAX {jax.__version__} on {jax.devices()[0].platform}; N={n:,} models, P=5, "
         "3 targets x 50 bins, keep_mass 0.99, min 128"
     )
+    if not use_besta:
+        print("smoke run: BESTA not given (--besta-python, --besta-src): its columns skipped")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "problem.npz")
         np.savez(path, obs=obs, tgt=tgt, X=X, S=S, edges=edges)
         cases = [
-            ("dense", "chunks", 4000 // scale, 200 // scale),
-            ("dense", "list", 4000 // scale, 200 // scale),
-            ("kdtree", "list", 40_000 // scale, 1000 // scale),
+            ("dense", "chunks", 4000 // scale, max(200 // scale, 4)),
+            ("dense", "list", 4000 // scale, max(200 // scale, 4)),
+            ("kdtree", "list", 40_000 // scale, max(1000 // scale, 4)),
         ]
         print(
             f"{'workload':<16}{'jaxgrid obj/s':>14}{'ns/pair':>9}{'BESTA obj/s':>13}"
@@ -159,11 +168,18 @@ def main():
         besta_cache = {}
         for mode, rmode, m_jax, m_besta in cases:
             j = time_jaxgrid(obs, tgt, X, S, edges, mode, rmode, m_jax)
+            pool = n if mode == "dense" else 100
+            jr = j["m"] / j["seconds"]
+            if not use_besta:
+                print(
+                    f"{mode + ' ' + rmode:<16}{jr:>14,.0f}{1e9 / (jr * pool):>9.2f}"
+                    f"{'skipped':>13}{'-':>9}{'-':>8}"
+                )
+                continue
             if mode not in besta_cache:
                 besta_cache[mode] = time_besta(a.besta_python, a.besta_src, path, mode, m_besta)
             b = besta_cache[mode]
-            pool = n if mode == "dense" else 100
-            jr, br = j["m"] / j["seconds"], b["m"] / b["seconds"]
+            br = b["m"] / b["seconds"]
             k = min(len(j["mean0"]), len(b["mean0"]))  # the objects both fitted
             err = np.max(np.abs(np.array(j["mean0"][:k]) - np.array(b["mean0"][:k])))
             same = np.array_equal(j["n_after"][:k], b["n_after"][:k])
