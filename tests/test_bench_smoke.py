@@ -4,6 +4,7 @@ scripts themselves. Each script runs in a subprocess in a temporary folder (scra
 output under ``BENCH_TMP``), never writing into the repository; the subprocesses share
 a persistent compilation cache and compile with XLA's optimisations mostly off."""
 
+import concurrent.futures as cf
 import os
 import subprocess
 import sys
@@ -29,43 +30,59 @@ SCRIPTS = {
 SKIPPED = {"vs_besta.py": "BESTA not given", "photoz_vs_bpz.py": "BPZ skipped"}
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
+#: slowest first: the scripts run two at a time (the CI machines have 2 cores)
+ORDER = sorted(SCRIPTS, key=lambda s: s not in ("calibrate_dc2.py", "photoz_vs_bpz.py"))
 
 
 def _bench_files():
     return sorted(p.relative_to(BENCH) for p in BENCH.rglob("*"))
 
 
-@pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_script_runs_with_smoke(script, tmp_path, cache_dir):
-    before = _bench_files()
+def _run(script, folder, cache):
+    folder.mkdir()
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         ),
         PYTHONDONTWRITEBYTECODE="1",  # no __pycache__ in bench/ (trace_step imports siblings)
-        BENCH_TMP=str(tmp_path),
+        BENCH_TMP=str(folder),
+        TMPDIR=str(folder),
         JAX_PLATFORMS="cpu",
         JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_COMPILATION_CACHE_DIR=str(cache),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        TMPDIR=str(tmp_path),
         MPLBACKEND="Agg",
     )
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(BENCH / script), "--smoke"],
-        cwd=tmp_path,
+        cwd=folder,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every script's completed process (all run once, two at a time)."""
+    root = tmp_path_factory.mktemp("bench_smoke")
+    before = _bench_files()
+    with cf.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            s: pool.submit(_run, s, root / s.removesuffix(".py"), root / "cache") for s in ORDER
+        }
+        done = {s: f.result() for s, f in futures.items()}
+    assert _bench_files() == before  # nothing written into the repository
+    return done
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_script_runs_with_smoke(script, runs):
+    proc = runs[script]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert SCRIPTS[script] in proc.stdout, proc.stdout[-3000:]
     if script in SKIPPED:
         assert SKIPPED[script] in proc.stdout
-    assert _bench_files() == before  # nothing written into the repository
