@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="TARGET:LO:HI:NBINS",
-        help="summarise a target on NBINS bins over [LO, HI] (or just TARGET)",
+        help="summarise a target on NBINS bins over [LO, HI] (or just TARGET: 199 bins over "
+        "the grid range)",
     )
     f.add_argument("--binner", choices=["none", "kdtree"], default="none")
     f.add_argument("--k", type=int, default=256, help="KD-tree neighbours (--binner kdtree)")
@@ -247,6 +248,8 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
 def _stats(specs: list[str], grid) -> tuple[list[str], list[Any]]:
     import numpy as np
 
+    from .core.bins import default_edges
+
     names, bins = [], []
     for spec in specs:
         parts = spec.split(":")
@@ -254,8 +257,7 @@ def _stats(specs: list[str], grid) -> tuple[list[str], list[Any]]:
         if name not in grid.target_names:
             raise UserError(f"--stats: unknown target {name!r}; grid targets: {grid.target_names}")
         if len(parts) == 1:
-            t = np.asarray(grid.get_target(name), np.float64)
-            edges = np.linspace(t.min(), t.max(), 101)
+            edges = default_edges(grid.get_target(name))
         elif len(parts) == 4:
             try:
                 lo, hi, n = float(parts[1]), float(parts[2]), int(parts[3])

@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from .core.schema import table_columns, table_from_chunks, target_columns
+
 __all__ = ["FitSpec", "Columns", "fit_partition", "fit_dataframe", "output_meta", "to_parquet"]
 
-_STAT_FIELDS = ("mean", "std", "map", "median", "lo68", "hi68", "nmodes", "mass_in_bins")
 _CACHE: dict[str, Any] = {}
 _LOCK = threading.Lock()
 
@@ -202,19 +203,9 @@ def output_meta(spec: FitSpec, columns: Columns, id_dtype: Any = "int64"):
     cols: dict[str, Any] = {}
     if columns.id is not None:
         cols[columns.id] = pd.Series(dtype=_id_dtype(pd.api.types.pandas_dtype(id_dtype)))
-    cols.update(
-        {
-            "status": pd.Series(dtype="int32"),
-            "log_evidence": pd.Series(dtype="float64"),
-            "chi2_min": pd.Series(dtype="float64"),
-            "best": pd.Series(dtype="int64"),
-            "n_after": pd.Series(dtype="int64"),
-            "mass_kept": pd.Series(dtype="float64"),
-        }
-    )
+    cols.update({c: pd.Series(dtype=f.dtype) for c, f in table_columns([])})
     for t in spec.stats_for:
-        for f in _STAT_FIELDS:
-            cols[f"{t}_{f}"] = pd.Series(dtype="int32" if f == "nmodes" else "float64")
+        cols.update({c: pd.Series(dtype=f.dtype) for c, f in target_columns(t)})
         if spec.return_pdf:
             cols[f"{t}_pdf"] = pd.Series(dtype=_pdf_dtype())
     return pd.DataFrame(cols)
@@ -270,19 +261,8 @@ def fit_partition(df, spec: FitSpec, columns: Columns):
     if ids is not None:
         out[columns.id] = ids
 
-    def cat_field(name):
-        return np.concatenate([np.asarray(c[name]) for c in chunks])
-
-    out["status"] = cat_field("status").astype(np.int32)
-    out["log_evidence"] = cat_field("log_evidence").astype(np.float64)
-    out["chi2_min"] = cat_field("chi2_min").astype(np.float64)
-    out["best"] = cat_field("best").astype(np.int64)
-    out["n_after"] = cat_field("n_after").astype(np.int64)
-    out["mass_kept"] = cat_field("mass_kept").astype(np.float64)
+    out |= table_from_chunks(chunks, spec.stats_for)
     for j, t in enumerate(spec.stats_for):
-        for f in _STAT_FIELDS:
-            v = np.concatenate([np.asarray(c[f])[:, j] for c in chunks])
-            out[f"{t}_{f}"] = v.astype(np.int32 if f == "nmodes" else np.float64)
         if spec.return_pdf:
             pdf = np.concatenate([np.asarray(c["pdf"][j]) for c in chunks]).astype(np.float64)
             out[f"{t}_pdf"] = pd.Series(list(pdf), index=df.index, dtype=_pdf_dtype())

@@ -98,7 +98,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Make the demo files, fit them, write ``fit.h5``; return a summary dict."""
     from .binning import KDTreeBinner
-    from .core.status import Status
+    from .core.status import Status, is_bad
     from .fitter import GridFitter
     from .io import read_catalog, results_to_table
     from .prob import GaussianProductLikelihood
@@ -131,7 +131,7 @@ def run_demo(
     )
     t_fit = time.perf_counter() - t1
     truth = files["truth"]
-    ok = (np.asarray(table["status"]) & int(Status.NO_OBSERVABLES | Status.ZERO_WEIGHT)) == 0
+    ok = ~is_bad(np.asarray(table["status"]))
     err_m = np.abs(np.asarray(table["logM_median"]) - truth[:, 0])[ok]
     inside = (
         (np.asarray(table["logM_lo68"]) <= truth[:, 0])

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .core.bins import check_edges
 from .core.checks import cast_overflows, float_dtype, is_traced, masked_to_nan
 from .core.data import GridData
 from .core.reductions import histogram_density, weighted_histogram
@@ -216,11 +217,7 @@ class GridFitter:
         why — never a made-up uniform.
         """
         col = self.grid.target_index(target_col)
-        edges = np.asarray(bins, dtype=np.float64)
-        if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
-            raise ValueError("`bins` must be a 1-D array of at least 2 finite edges.")
-        if np.any(np.diff(edges) <= 0):
-            raise ValueError("`bins` must be strictly increasing.")
+        edges = check_edges(bins, "bins", "posterior_over_target")
         lw = self._log_weights(x_native, sigma_native, candidate_idx, upper_limits)
         w, log_z = normalise_log_weights(lw)
         _warn_if_unusable(log_z)

@@ -37,3 +37,19 @@ def make_grid(rng, n=500, p=4, q=3, weights=False, meta=None):
 @pytest.fixture
 def small_grid(rng):
     return make_grid(rng)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _checked_chunk_steps():
+    """Every chunk step of a batch fit in the suite is checked against `ChunkOutput`'s
+    jaxtyping annotations (``tests/step_checks.py``)."""
+    from step_checks import checked_step
+
+    import jaxgrid.batch.run as run
+
+    original = run.chunk_step
+    run.chunk_step = checked_step(original)
+    try:
+        yield
+    finally:
+        run.chunk_step = original

@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..binning import Binner
+from ..core.bins import DEFAULT_N_EDGES, check_edges, default_edges
 from ..core.checks import cast_overflows, float_dtype, masked_to_nan
 from ..core.data import GridData
+from ..core.schema import RESERVED_KEYS
 from ..core.status import POOR_FIT_PROBABILITY, Status
 from ..core.step import StepConfig, StepParams
 from ..prepared import array_digest
@@ -21,23 +23,6 @@ from .options import BatchOptions
 
 logger = logging.getLogger("jaxgrid")
 
-#: Keys of a per-object result dict and of its ``stats`` dict; targets may not use them.
-RESERVED_KEYS = frozenset(
-    {
-        "cov",
-        "m",
-        "level",
-        "candidates",
-        "post_models",
-        "truncation",
-        "stats",
-        "posts_target",
-        "log_evidence",
-        "chi2_min",
-        "best",
-        "status",
-    }
-)
 #: Length of each row's sorted top list on the device (at least keep_min): rows whose
 #: kept set fits are summarised on it; XLA's CPU top-k cost grows steeply with k.
 FAST_K = 128
@@ -119,32 +104,21 @@ def _resolve_stats(grid, stats_for, stats_bins) -> tuple[list[int], list[str], l
         )
     if stats_bins is None:
         t = np.asarray(grid.targets, dtype=np.float64)
-        bins = []
-        for c in cols:
-            lo, hi = float(t[:, c].min()), float(t[:, c].max())
-            if hi <= lo:
-                lo, hi = lo - 0.5, hi + 0.5
-            bins.append(np.linspace(lo, hi, 200))
-        return cols, names, bins
+        return cols, names, [default_edges(t[:, c]) for c in cols]
     if isinstance(stats_bins, np.ndarray) and stats_bins.ndim == 1:
         stats_bins = [stats_bins]
     stats_bins = list(stats_bins)
     if len(stats_bins) != len(cols):
         raise ValueError(
             f"`stats_bins` has {len(stats_bins)} edge arrays for {len(cols)} targets in "
-            "`stats_for`; give one edge array per target (or None for 200 edges over the grid "
-            "range)."
+            f"`stats_for`; give one edge array per target (or None for {DEFAULT_N_EDGES} "
+            "edges over the grid range)."
         )
     bins = []
     for name, e in zip(names, stats_bins, strict=True):
         if e is None:
             raise ValueError(f"`stats_bins` entry for {name!r} is None; give its edges.")
-        e = np.asarray(e, dtype=np.float64)
-        if e.ndim != 1 or e.size < 2 or not np.all(np.isfinite(e)) or np.any(np.diff(e) <= 0):
-            raise ValueError(
-                f"`stats_bins` for {name!r} must be >= 2 finite, strictly increasing edges."
-            )
-        bins.append(e)
+        bins.append(check_edges(e, f"stats_bins[{name!r}]"))
     return cols, names, bins
 
 

@@ -6,21 +6,10 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from ..io.results import STAT_FIELDS
+from ..core.schema import TARGET_STATS, TRUNCATION_KEYS, cast
 from .plan import BatchPlan
 
 logger = logging.getLogger("jaxgrid")
-
-_TRUNC_KEYS = (
-    "n_before",
-    "n_after",
-    "keep_mass",
-    "mass_kept",
-    "mass_dropped",
-    "cut_weight",
-    "ess_before",
-    "ess_after",
-)
 
 
 def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, Any]]:
@@ -31,24 +20,20 @@ def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, An
     idx, w = res["candidate_idx"], res["candidate_w"]
     cands = [idx[a:b] for a, b in zip(off[:-1], off[1:], strict=True)]
     posts = [w[a:b] for a, b in zip(off[:-1], off[1:], strict=True)]
-    trunc = [
-        res[k].astype(float if k not in ("n_before", "n_after") else int).tolist()
-        for k in _TRUNC_KEYS
+    trunc = [cast(k, res[k]).tolist() for k in TRUNCATION_KEYS]
+    trunc_rows = [
+        dict(zip(TRUNCATION_KEYS, vals, strict=True)) for vals in zip(*trunc, strict=True)
     ]
-    trunc_rows = [dict(zip(_TRUNC_KEYS, vals, strict=True)) for vals in zip(*trunc, strict=True)]
     level = [None if v < 0 else v for v in res["level"].tolist()]
     ms = res["m"].tolist()
-    lz = res["log_evidence"].astype(float).tolist()
-    c2 = res["chi2_min"].astype(float).tolist()
-    best = res["best"].tolist()
-    status = res["status"].tolist()
+    lz = cast("log_evidence", res["log_evidence"]).tolist()
+    c2 = cast("chi2_min", res["chi2_min"]).tolist()
+    best = cast("best", res["best"]).tolist()
+    status = cast("status", res["status"]).tolist()
     stat_rows = None
     if names:
-        per = {
-            f: (res[f].astype(int) if f == "nmodes" else res[f].astype(float)).T.tolist()
-            for f in STAT_FIELDS
-        }
-        fields = STAT_FIELDS
+        per = {f: cast(f, res[f]).T.tolist() for f in TARGET_STATS}
+        fields = TARGET_STATS
         by_target = [
             [
                 dict(zip(fields, v, strict=True))
@@ -116,6 +101,6 @@ class _Unconsumed:
 
 def _public_chunks(it, plan) -> Iterator[dict[str, Any]]:
     for res in it:
-        out = {k: v for k, v in res.items() if k != "bad"}
+        out = dict(res)
         out["stats_for"] = plan.stats_names
         yield out

@@ -15,9 +15,9 @@ import numpy as np
 
 from ..core.checks import float_dtype
 from ..core.data import standardise_rows
-from ..core.status import BAD_STATUS, Status
+from ..core.schema import TARGET_STATS
+from ..core.status import Status, is_bad
 from ..core.step import Chunk, StepConfig, chunk_step, pool_log_weights
-from ..io.results import STAT_FIELDS
 from .plan import BatchPlan
 
 logger = logging.getLogger("jaxgrid")
@@ -261,11 +261,10 @@ class _Runner:
             host = jax.tree_util.tree_map(splice, host, full)
             level_rows[fb_rows] = -1
         status = (np.asarray(host.status[:n]) | plan.host_flags[rows] | extra).astype(np.int32)
-        bad = (status & int(BAD_STATUS)) != 0
+        bad = is_bad(status)
         res = {
             "m": rows,
             "status": status,
-            "bad": bad,
             "level": level_rows,
             "keep_mass": np.full(n, plan.keep["keep_mass"]),
             "pdf": [p[:n] for p in host.pdf],
@@ -282,7 +281,7 @@ class _Runner:
             "cut_weight",
             "ess_before",
             "ess_after",
-            *STAT_FIELDS,
+            *TARGET_STATS,
         ):
             res[f] = getattr(host, f)[:n]
         res["log_evidence"] = self._host_log_evidence(host, rows, bad)

@@ -17,7 +17,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
+
+from .bins import bin_index
 
 __all__ = [
     "bin_index",
@@ -144,15 +146,6 @@ def dense_histogram(w: Float[Array, "rows models"], layout: tuple, index) -> Arr
         return jnp.sum(w.reshape(rows, r, k), axis=1)
     padded = jnp.concatenate([w, jnp.zeros((rows, 1), w.dtype)], axis=1)
     return jnp.sum(padded[:, index.reshape(-1)].reshape(rows, k, r), axis=2)
-
-
-def bin_index(values: Float[Array, " cand"], edges: Float[Array, " edges"]) -> Int[Array, " cand"]:
-    """Bin of each value, or -1 when outside the edges (NaN included)."""
-    k = edges.shape[0] - 1
-    idx = jnp.searchsorted(edges, values, side="right") - 1
-    idx = jnp.where(values == edges[-1], k - 1, idx)  # last bin is closed
-    inside = (values >= edges[0]) & (values <= edges[-1])
-    return jnp.where(inside, idx, -1)
 
 
 def weighted_histogram(

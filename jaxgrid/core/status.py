@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Status", "BAD_STATUS", "MIN_MASS_IN_BINS", "POOR_FIT_PROBABILITY"]
+__all__ = ["Status", "BAD_STATUS", "MIN_MASS_IN_BINS", "POOR_FIT_PROBABILITY", "is_bad"]
 
 
 class Status(enum.IntFlag):
@@ -29,6 +29,12 @@ class Status(enum.IntFlag):
 
 
 BAD_STATUS = Status.NO_OBSERVABLES | Status.NO_CANDIDATES | Status.ZERO_WEIGHT
+
+
+def is_bad(status):
+    """Rows (NumPy or JAX ``status`` arrays) with a `BAD_STATUS` flag: no summaries."""
+    return (status & int(BAD_STATUS)) != 0
+
 
 #: Rows whose summarised targets have less than this fraction of the kept posterior mass
 #: inside their bins are flagged `Status.LOW_MASS_IN_BINS` (their summaries describe

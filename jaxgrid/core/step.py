@@ -34,15 +34,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, Int32
 
 from ..prob.posterior import log_weights_and_chi2
 from ..prob.priors import prior_log_prob
+from .bins import bin_index
 from .data import GridData
 from .reductions import (
     Moments,
     argmax_last,
-    bin_index,
     cumsum_last,
     dense_histogram,
     hist_stats,
@@ -53,7 +53,8 @@ from .reductions import (
     moments,
     top_k_two_level,
 )
-from .status import BAD_STATUS, MIN_MASS_IN_BINS, Status
+from .schema import HIST_STATS
+from .status import MIN_MASS_IN_BINS, Status, is_bad
 from .truncation import Limits, Selection, kept_mask, select_search, select_sorted
 
 __all__ = [
@@ -156,39 +157,42 @@ class Chunk(eqx.Module, strict=True):
 
 
 class ChunkOutput(eqx.Module, strict=True):
-    """Per-row results of a chunk (device arrays, leading axis = rows)."""
+    """Per-row results of a chunk (leading axis = rows; a row's own output, built inside
+    the step's vmap, has the same fields without it). The per-row fields the user sees
+    are named and typed in `jaxgrid.core.schema`; the shapes below are checked on every
+    step of the test suite (``tests/step_checks.py``, jaxtyping + beartype)."""
 
-    log_evidence: Array
-    chi2_min: Array
-    best: Array
-    status: Array
-    cand_idx: Array  #: (rows, list_k) the first kept models, descending weight; -1 padded
-    cand_w: Array  #: (rows, list_k) their normalised weights; 0 padded
-    n_before: Array
-    n_after: Array
-    mass_kept: Array
-    mass_dropped: Array
-    cut_weight: Array
-    ess_before: Array
-    ess_after: Array
-    mean: Array
-    std: Array
-    map: Array
-    median: Array
-    lo68: Array
-    hi68: Array
-    nmodes: Array
-    cov: Array
-    pdf: tuple[Array, ...]
-    pool_lw: Array  #: (rows, cand) the pool's log weights (``host_order``), else (rows, 0)
-    mass_in_bins: Array  #: (rows, D) fraction of the kept mass inside each target's bins
-    #: (rows,) grid index of the model the row's log weights are relative to (-1: plain)
-    ref: Array
-    #: (rows,) log Z relative to model ``ref`` (``log_evidence`` where ``ref`` is -1): the
-    #: host adds that model's log weight evaluated in float64 (`_host_log_evidence`)
-    log_evidence_rel: Array
-    #: (rows,) log prior + log grid weight of model ``ref`` (0 where ``ref`` is -1)
-    ref_log_prior: Array
+    log_evidence: Float[Array, " rows"]
+    chi2_min: Float[Array, " rows"]
+    best: Int[Array, " rows"]
+    status: Int32[Array, " rows"]
+    cand_idx: Int[Array, "rows list"]  #: the first kept models, descending weight; -1 padded
+    cand_w: Float[Array, "rows list"]  #: their normalised weights; 0 padded
+    n_before: Int[Array, " rows"]
+    n_after: Int[Array, " rows"]
+    mass_kept: Float[Array, " rows"]
+    mass_dropped: Float[Array, " rows"]
+    cut_weight: Float[Array, " rows"]
+    ess_before: Float[Array, " rows"]
+    ess_after: Float[Array, " rows"]
+    mean: Float[Array, "rows targets"]
+    std: Float[Array, "rows targets"]
+    map: Float[Array, "rows targets"]
+    median: Float[Array, "rows targets"]
+    lo68: Float[Array, "rows targets"]
+    hi68: Float[Array, "rows targets"]
+    nmodes: Int32[Array, "rows targets"]
+    cov: Float[Array, "rows targets targets"]
+    pdf: tuple[Float[Array, "rows _"], ...]  #: per target, the density on its bins
+    pool_lw: Float[Array, "rows pool"]  #: the pool's log weights (``host_order``), else pool 0
+    mass_in_bins: Float[Array, "rows targets"]  #: fraction of the kept mass in the bins
+    #: grid index of the model the row's log weights are relative to (-1: plain)
+    ref: Int[Array, " rows"]
+    #: log Z relative to model ``ref`` (``log_evidence`` where ``ref`` is -1): the host
+    #: adds that model's log weight evaluated in float64 (`_host_log_evidence`)
+    log_evidence_rel: Float[Array, " rows"]
+    #: log prior + log grid weight of model ``ref`` (0 where ``ref`` is -1)
+    ref_log_prior: Float[Array, " rows"]
 
 
 class _Totals(NamedTuple):
@@ -415,7 +419,7 @@ def _flag(
     status = status | jnp.where(kept.sel.capped, int(Status.MASS_CAP), 0)
     if config.use_kde:
         status = status | jnp.where(su.kde_failed, int(Status.KDE_FALLBACK), 0)
-    bad = (status & int(BAD_STATUS)) != 0
+    bad = is_bad(status)
     status = status | jnp.where(su.no_mass & ~bad, int(Status.NO_MASS_IN_BINS), 0)
     status = status | jnp.where(su.low_mass & ~bad, int(Status.LOW_MASS_IN_BINS), 0)
     if params.poor_fit_chi2 is not None:
@@ -431,68 +435,51 @@ def _finish_row(config, params, tot: _Totals, kept: _Kept, x, sigma, cand_mask, 
     tr = _truncate(config, tot, kept, dtype)
     su = _summarise(config, params, kept)
     status = _flag(config, params, tot, kept, tr, su, x, sigma, cand_mask, dof)
-    bad = (status & int(BAD_STATUS)) != 0
+    bad = is_bad(status)
     return _clean_row(config, tot, kept, tr, su, status, bad, dtype)
 
 
 def _clean_row(
     config, tot: _Totals, kept: _Kept, tr: _Truncation, su: _Summaries, status, bad, dtype
 ):
-    """The row's `ChunkOutput`, bad rows cleaned."""
+    """The row's `ChunkOutput`, bad rows cleaned: NaN summaries (``nmodes`` -1), no
+    candidates, ``log Z = -inf``."""
     nan = jnp.array(jnp.nan, dtype)
     d = len(config.stat_cols)
-    per_target, in_bins, sel = su.per_target, su.in_bins, kept.sel
     Wk = jnp.where(kept.stats.W > 0, kept.stats.W, 1.0)
-    log_z, log_z_rel, in_list, w_list = tr.log_z, tr.log_z_rel, tr.in_list, tr.w_list
-    mass_kept, cut_weight, ess_before, ess_after = (
-        tr.mass_kept,
-        tr.cut_weight,
-        tr.ess_before,
-        tr.ess_after,
-    )
-    cov = su.cov
 
     def clean(v):
         return jnp.where(bad, jnp.full_like(v, jnp.nan), v)
 
-    def stack(name):
+    def per_target(name):
+        """One `HIST_STATS` field of every summarised target, cleaned."""
         if d == 0:
-            return jnp.zeros(0, dtype)
-        return clean(jnp.stack([getattr(h, name) for h in per_target]))
+            return jnp.zeros(0, jnp.int32 if name == "nmodes" else dtype)
+        v = jnp.stack([getattr(h, name) for h in su.per_target])
+        return jnp.where(bad, -1, v) if name == "nmodes" else clean(v)
 
-    nmodes = (
-        jnp.where(bad, -1, jnp.stack([h.nmodes for h in per_target]))
-        if d
-        else jnp.zeros(0, jnp.int32)
-    )
-    listed = in_list & ~bad
+    listed = tr.in_list & ~bad
     return ChunkOutput(
-        log_evidence=jnp.where(bad, -jnp.inf, log_z),
+        log_evidence=jnp.where(bad, -jnp.inf, tr.log_z),
         chi2_min=jnp.where(bad, nan, tot.chi2_min),
         best=jnp.where(bad, -1, tot.top_idx[0]),
         status=status.astype(jnp.int32),
         cand_idx=jnp.where(listed, tot.top_idx, -1),
-        cand_w=jnp.where(listed, w_list / Wk, 0.0),
+        cand_w=jnp.where(listed, tr.w_list / Wk, 0.0),
         n_before=jnp.where(bad, 0, tot.n_valid),
-        n_after=jnp.where(bad, 0, sel.n_keep),
-        mass_kept=clean(mass_kept),
-        mass_dropped=clean(1.0 - mass_kept),
-        cut_weight=clean(cut_weight),
-        ess_before=clean(ess_before),
-        ess_after=clean(ess_after),
-        mean=stack("mean"),
-        std=stack("std"),
-        map=stack("map"),
-        median=stack("median"),
-        lo68=stack("lo68"),
-        hi68=stack("hi68"),
-        nmodes=nmodes,
-        cov=clean(cov),
-        pdf=tuple(clean(h.density) for h in per_target),
+        n_after=jnp.where(bad, 0, kept.sel.n_keep),
+        mass_kept=clean(tr.mass_kept),
+        mass_dropped=clean(1.0 - tr.mass_kept),
+        cut_weight=clean(tr.cut_weight),
+        ess_before=clean(tr.ess_before),
+        ess_after=clean(tr.ess_after),
+        **{name: per_target(name) for name in HIST_STATS},
+        cov=clean(su.cov),
+        pdf=tuple(clean(h.density) for h in su.per_target),
         pool_lw=jnp.zeros(0, dtype),
-        mass_in_bins=clean(jnp.stack(in_bins)) if d else jnp.zeros(0, dtype),
+        mass_in_bins=clean(jnp.stack(su.in_bins)) if d else jnp.zeros(0, dtype),
         ref=jnp.where(bad, -1, tot.ref),
-        log_evidence_rel=jnp.where(bad, -jnp.inf, log_z_rel),
+        log_evidence_rel=jnp.where(bad, -jnp.inf, tr.log_z_rel),
         ref_log_prior=jnp.zeros((), dtype),
     )
 

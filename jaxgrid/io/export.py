@@ -20,36 +20,34 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from .results import STAT_FIELDS, pending_note, read_index
+from ..core.schema import (
+    FIELDS,
+    TABLE_FIELDS,
+    TARGET_FIELDS,
+    cast,
+    table_columns,
+    table_from_chunks,
+)
+from .results import pending_note, read_index
 
 logger = logging.getLogger("jaxgrid")
 
 __all__ = ["results_to_table", "write_results", "read_results", "to_qp"]
 
-_ROW_FIELDS = ("status", "log_evidence", "chi2_min", "best", "n_after", "mass_kept")
-
 
 def _from_chunks(chunks: list[dict[str, Any]], names: list[str]) -> dict[str, np.ndarray]:
     out = {"m": np.concatenate([c["m"] for c in chunks]).astype(np.int64)}
-    for f in _ROW_FIELDS:
-        out[f] = np.concatenate([np.asarray(c[f]) for c in chunks])
-    for j, name in enumerate(names):
-        for f in STAT_FIELDS:
-            out[f"{name}_{f}"] = np.concatenate([np.asarray(c[f])[:, j] for c in chunks])
-    return out
+    return out | table_from_chunks(chunks, names)
 
 
 def _from_objects(objs: list[dict[str, Any]], names: list[str]) -> dict[str, np.ndarray]:
     out = {"m": np.array([o["m"] for o in objs], np.int64)}
-    out["status"] = np.array([o["status"] for o in objs], np.int32)
-    out["log_evidence"] = np.array([o["log_evidence"] for o in objs])
-    out["chi2_min"] = np.array([o["chi2_min"] for o in objs])
-    out["best"] = np.array([o["best"] for o in objs], np.int64)
-    out["n_after"] = np.array([o["truncation"]["n_after"] for o in objs], np.int64)
-    out["mass_kept"] = np.array([o["truncation"]["mass_kept"] for o in objs])
+    for f in TABLE_FIELDS:  # truncation fields sit in each object's "truncation" dict
+        where = "truncation" if FIELDS[f].group == "truncation" else None
+        out[f] = cast(f, [o[where][f] if where else o[f] for o in objs])
     for name in names:
-        for f in STAT_FIELDS:
-            out[f"{name}_{f}"] = np.array([o["stats"][name][f] for o in objs])
+        for f in TARGET_FIELDS:
+            out[f"{name}_{f.name}"] = cast(f.name, [o["stats"][name][f.name] for o in objs])
     return out
 
 
@@ -72,18 +70,16 @@ def _from_hdf5(path, group: str) -> tuple[dict[str, np.ndarray], list[str]]:
         written = written != 0
         names = [k.decode() for k in g["stats/cov/keys"][...]] if "stats/cov/keys" in g else []
         out = {"m": g["index/m"][...][written]}
-        out["status"] = status[written]
-        for f_ in ("log_evidence", "chi2_min", "best"):
-            out[f_] = g[f_][...][written]
-        out["n_after"] = g["truncation/n_after"][...][written]
-        out["mass_kept"] = g["truncation/mass_kept"][...][written]
+        for f_ in TABLE_FIELDS:
+            values = status if f_ == "status" else g[FIELDS[f_].dataset()][...]
+            out[f_] = cast(f_, values[written])
         for name in names:
-            for f_ in STAT_FIELDS:
-                key = f"stats/{name}/{f_}"
-                if key not in g and f_ == "mass_in_bins":  # a file from before it existed
-                    out[f"{name}_{f_}"] = np.full(int(written.sum()), np.nan)
+            for f_ in TARGET_FIELDS:
+                key = f_.dataset(name)
+                if key not in g:  # a file from before the field existed (mass_in_bins)
+                    out[f"{name}_{f_.name}"] = np.full(int(written.sum()), f_.fill, f_.dtype)
                     continue
-                out[f"{name}_{f_}"] = g[key][...][written]
+                out[f"{name}_{f_.name}"] = cast(f_.name, g[key][...][written])
     return out, names
 
 
@@ -113,8 +109,9 @@ def results_to_table(
             names = list(items[0]["stats_for"])
         elif items and "stats" in items[0] and not names:
             names = [k for k in items[0]["stats"] if k != "cov"]
-        if not items:
+        if not items:  # every column, no rows
             cols = {"m": np.zeros(0, np.int64)}
+            cols |= {c: np.zeros(0, f.dtype) for c, f in table_columns(names)}
         elif "truncation" in items[0]:
             cols = _from_objects(items, names)
         else:
@@ -128,9 +125,9 @@ def results_to_table(
     for name in names:
         unit = (units or {}).get(name)
         if unit:
-            for f in STAT_FIELDS:
-                if f not in ("nmodes", "mass_in_bins"):  # a count, a fraction
-                    t[f"{name}_{f}"].unit = unit
+            for f in TARGET_FIELDS:
+                if f.target_unit:  # not the counts and fractions
+                    t[f"{name}_{f.name}"].unit = unit
     t.meta["STATSFOR"] = ",".join(names)  # a FITS-safe header keyword
     return t
 

@@ -69,6 +69,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..core.schema import TARGET_STATS, TRUNCATION_FIELDS, hdf5_datasets
+from ..core.status import is_bad
+
 __all__ = [
     "GridFitHDF5Writer",
     "OutputInUseError",
@@ -86,19 +89,8 @@ __all__ = [
 logger = logging.getLogger("jaxgrid")
 
 FORMAT = "jaxgrid.fit_results/2"
-TRUNCATION_FIELDS = (
-    "level",
-    "n_before",
-    "n_after",
-    "mass_kept",
-    "mass_dropped",
-    "cut_weight",
-    "ess_before",
-    "ess_after",
-)
-#: per-target summaries; ``mass_in_bins``: the fraction of the kept mass inside the bins
-STAT_FIELDS = ("mean", "std", "map", "median", "lo68", "hi68", "nmodes", "mass_in_bins")
-_INT_FIELDS = {"level", "n_before", "n_after", "nmodes"}
+#: per-target summaries (`jaxgrid.core.schema.TARGET_STATS`)
+STAT_FIELDS = TARGET_STATS
 _CANDIDATES = ("candidates/candidates", "candidates/post_models")
 _FLAGS_HINT = (
     "output_hdf5_overwrite=True (CLI: --overwrite) to replace it, resume=True "
@@ -108,34 +100,6 @@ _FLAGS_HINT = (
 
 class OutputInUseError(RuntimeError):
     """Another live process holds the output file's lock."""
-
-
-# ---------------------------------------------------------------------------------- schema
-def _row_fields(stats_targets, stats_bins, return_pdf) -> list[tuple[str, Any, Any, tuple]]:
-    """(dataset, dtype, fill value, per-row shape) of every fixed-size per-row dataset."""
-    fields = [("index/written", np.int8, 0, ()), ("index/status", np.int32, 0, ())]
-    for f in TRUNCATION_FIELDS:
-        if f in _INT_FIELDS:
-            fields.append((f"truncation/{f}", np.int64, -1, ()))
-        else:
-            fields.append((f"truncation/{f}", np.float64, np.nan, ()))
-    for name, edges in zip(stats_targets, stats_bins, strict=True):
-        for f in STAT_FIELDS:
-            if f in _INT_FIELDS:
-                fields.append((f"stats/{name}/{f}", np.int32, -1, ()))
-            else:
-                fields.append((f"stats/{name}/{f}", np.float64, np.nan, ()))
-        if return_pdf:
-            fields.append((f"stats/{name}/posts_target", np.float64, np.nan, (len(edges) - 1,)))
-    d = len(stats_targets)
-    if d:
-        fields.append(("stats/cov/cov", np.float64, np.nan, (d, d)))
-    fields += [
-        ("log_evidence", np.float64, np.nan, ()),
-        ("chi2_min", np.float64, np.nan, ()),
-        ("best", np.int64, -1, ()),
-    ]
-    return fields
 
 
 def read_index(g: h5py.Group) -> tuple[np.ndarray, np.ndarray]:
@@ -554,8 +518,8 @@ class GridFitHDF5Writer:
             is written to the journal at once: a killed process loses nothing written;
             this bounds what a power loss can take).
 
-    Use as a context manager; ``write(rows, results)`` commits a chunk (rows with
-    ``results["bad"]`` true are flagged: written -1, their status kept). The HDF5 group is
+    Use as a context manager; ``write(rows, results)`` commits a chunk (rows whose
+    ``status`` has a `BAD_STATUS` flag are written -1, "flagged"). The HDF5 group is
     (re)assembled when the writer closes normally; closing on an exception leaves
     the file as it was and the journal for a resume. See the module docstring.
     """
@@ -582,7 +546,7 @@ class GridFitHDF5Writer:
         self.return_pdf = bool(return_pdf)
         self.compression, self.compression_opts = compression, compression_opts
         self.flush_every = max(1, int(flush_every))
-        self._fields = _row_fields(self.stats_targets, self.stats_bins, self.return_pdf)
+        self._fields = hdf5_datasets(self.stats_targets, self.stats_bins, self.return_pdf)
         self._since_sync = 0
         self._config_text = json.dumps(configuration, sort_keys=True)
         self._header = {
@@ -730,9 +694,11 @@ class GridFitHDF5Writer:
         rows = self._rows(rows)
         if rows.size == 0:
             return
+        # a row without summaries: a `BAD_STATUS` flag (or ``bad``, from older callers)
+        bad = is_bad(np.asarray(res["status"])) | np.asarray(res.get("bad", False), bool)
         arrays = {
             "rows": rows,
-            "index/written": np.where(res["bad"], -1, 1).astype(np.int8),
+            "index/written": np.where(bad, -1, 1).astype(np.int8),
             "index/status": np.asarray(res["status"], np.int32),
         }
         for f in TRUNCATION_FIELDS:

@@ -33,6 +33,7 @@ import numpy as np
 from equinox import AbstractVar
 from jaxtyping import Array, ArrayLike, Float
 
+from ..core.bins import bin_index, check_edges, host_bin_index
 from ..core.checks import float_dtype, is_traced, scalar_param
 
 __all__ = [
@@ -89,24 +90,6 @@ def _column(col: Column, owner: str) -> int:
             "(GridFitter does this) or pass an integer index."
         )
     return col
-
-
-def _bin_index(values: Array, edges: Array) -> Array:
-    """Bin of each value; values outside the edges take the first/last bin."""
-    idx = jnp.searchsorted(edges, values, side="right") - 1
-    return jnp.clip(idx, 0, edges.shape[0] - 2)
-
-
-def _host_bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    idx = np.searchsorted(edges, values, side="right") - 1
-    return np.clip(idx, 0, edges.size - 2)
-
-
-def _edges(edges: Any, name: str, owner: str) -> np.ndarray:
-    e = np.asarray(edges, dtype=np.float64)
-    if e.ndim != 1 or e.size < 2 or not np.all(np.isfinite(e)) or np.any(np.diff(e) <= 0):
-        raise ValueError(f"{owner}: `{name}` must be >= 2 finite, strictly increasing edges.")
-    return e
 
 
 def _target_values(targets: Any, col: Column, owner: str) -> np.ndarray:
@@ -396,7 +379,7 @@ class EmpiricalHistogramPrior1D(_AbstractPrior1D, strict=True):
     ):
         owner = "EmpiricalHistogramPrior1D"
         self.target_col = target_col
-        self.edges = jnp.asarray(_edges(edges, "edges", owner), dtype=float_dtype())
+        self.edges = jnp.asarray(check_edges(edges, "edges", owner), dtype=float_dtype())
         self.density_floor = float(density_floor)
         if not self.density_floor >= 0:
             raise ValueError(f"{owner}: `density_floor` must be >= 0.")
@@ -410,7 +393,7 @@ class EmpiricalHistogramPrior1D(_AbstractPrior1D, strict=True):
         w = _fit_weights(weights, t.size, owner)
         edges = np.asarray(self.edges, dtype=np.float64)
         k = edges.size - 1
-        mass = np.bincount(_host_bin_index(t, edges), weights=w, minlength=k)
+        mass = np.bincount(host_bin_index(t, edges, "clamp"), weights=w, minlength=k)
         if mass.sum() <= 0:
             raise ValueError(f"{owner}: no weight to fit (empty sample or all weights zero).")
         mass = mass / mass.sum()
@@ -425,7 +408,7 @@ class EmpiricalHistogramPrior1D(_AbstractPrior1D, strict=True):
             raise RuntimeError(
                 "EmpiricalHistogramPrior1D is not fitted: prior = prior.fit_from_targets(grid)."
             )
-        return self.log_density[_bin_index(self._t(targets), self.edges)]
+        return self.log_density[bin_index(self._t(targets), self.edges, "clamp")]
 
 
 class EmpiricalFlatteningPriorND(AbstractPrior, strict=True):
@@ -475,7 +458,7 @@ class EmpiricalFlatteningPriorND(AbstractPrior, strict=True):
             raise ValueError(f"{owner}: need density_floor >= 0 and count_floor > 0.")
         self.target_cols = cols
         self.edges_list = tuple(
-            jnp.asarray(_edges(e, f"edges_list[{i}]", owner), dtype=float_dtype())
+            jnp.asarray(check_edges(e, f"edges_list[{i}]", owner), dtype=float_dtype())
             for i, e in enumerate(edges_list)
         )
         self.mode = mode
@@ -490,7 +473,7 @@ class EmpiricalFlatteningPriorND(AbstractPrior, strict=True):
 
     def _table(self, t: np.ndarray, w: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
         shape = tuple(e.size - 1 for e in edges)
-        idx = tuple(_host_bin_index(t[:, d], e) for d, e in enumerate(edges))
+        idx = tuple(host_bin_index(t[:, d], e, "clamp") for d, e in enumerate(edges))
         counts = np.zeros(shape)
         np.add.at(counts, idx, w)
         vol = np.ones(shape)
@@ -531,7 +514,7 @@ class EmpiricalFlatteningPriorND(AbstractPrior, strict=True):
             )
         owner = type(self).__name__
         idx = [
-            _bin_index(targets[:, _column(c, owner)], e)
+            bin_index(targets[:, _column(c, owner)], e, "clamp")
             for c, e in zip(self.target_cols, self.edges_list, strict=True)
         ]
         sizes = [e.shape[0] - 1 for e in self.edges_list]
@@ -583,8 +566,8 @@ class MagDependentRedshiftPrior(AbstractObservableDependentPrior, strict=True):
             raise ValueError(f"{owner}: `magnitude_from` must be 'models' or 'observed'.")
         self.z_col = z_col
         self.mag_observable_index = mag_observable_index
-        self.z_edges = jnp.asarray(_edges(z_edges, "z_edges", owner), dtype=float_dtype())
-        self.m_edges = jnp.asarray(_edges(m_edges, "m_edges", owner), dtype=float_dtype())
+        self.z_edges = jnp.asarray(check_edges(z_edges, "z_edges", owner), dtype=float_dtype())
+        self.m_edges = jnp.asarray(check_edges(m_edges, "m_edges", owner), dtype=float_dtype())
         self.density_floor = float(density_floor)
         self.magnitude_from = magnitude_from
         self.log_table = _optional_array(log_table)
@@ -622,7 +605,7 @@ class MagDependentRedshiftPrior(AbstractObservableDependentPrior, strict=True):
         w = _fit_weights(None if weights is None else np.asarray(weights), z.size, owner)
         ze, me = np.asarray(self.z_edges, np.float64), np.asarray(self.m_edges, np.float64)
         counts = np.zeros((me.size - 1, ze.size - 1))
-        np.add.at(counts, (_host_bin_index(m, me), _host_bin_index(z, ze)), w)
+        np.add.at(counts, (host_bin_index(m, me, "clamp"), host_bin_index(z, ze, "clamp")), w)
         if counts.sum() <= 0:
             raise ValueError(f"{owner}: no weight to fit.")
         dz = np.diff(ze)
@@ -638,12 +621,13 @@ class MagDependentRedshiftPrior(AbstractObservableDependentPrior, strict=True):
                 "MagDependentRedshiftPrior is not fitted: prior = prior.fit_from_grid(grid)."
             )
         owner = type(self).__name__
-        iz = _bin_index(targets[:, _column(self.z_col, owner)], self.z_edges)
+        iz = bin_index(targets[:, _column(self.z_col, owner)], self.z_edges, "clamp")
         mcol = _column(self.mag_observable_index, owner)
         if self.magnitude_from == "models":
-            return self.log_table[_bin_index(observables[:, mcol], self.m_edges), iz]
+            return self.log_table[bin_index(observables[:, mcol], self.m_edges, "clamp"), iz]
         m_obs = x[mcol]
-        row = self.log_table[_bin_index(jnp.where(jnp.isfinite(m_obs), m_obs, 0.0), self.m_edges)]
+        m_safe = jnp.where(jnp.isfinite(m_obs), m_obs, 0.0)
+        row = self.log_table[bin_index(m_safe, self.m_edges, "clamp")]
         return jnp.where(jnp.isfinite(m_obs), row[iz], self.log_marginal[iz])
 
 
