@@ -160,11 +160,17 @@ def test_nan_band_equals_grid_without_that_column(rng):
     fit_sub = GridFitter(sub, prior=GaussianPrior1D("t0", 5.0, 3.0))
     w = np.asarray(fitter.posterior_over_models(x_nan, s))
     w_sub = np.asarray(fit_sub.posterior_over_models(x[[0, 1, 3]], s[[0, 1, 3]]))
-    np.testing.assert_array_equal(w, w_sub)
+    # Equal to float32 rounding: XLA vectorises the masked 4-band sum and the 3-band sum
+    # differently on some CPUs (bitwise equal on AVX-512 machines, ~1 ulp of log w on an
+    # AMD EPYC without it), so exact equality is a property of the CPU, not of the code.
+    np.testing.assert_array_equal(w == 0, w_sub == 0)
+    np.testing.assert_allclose(w, w_sub, rtol=2e-5, atol=0)
     edges = np.linspace(0, 10, 11)
-    np.testing.assert_array_equal(
+    np.testing.assert_allclose(
         fitter.posterior_over_target(x_nan, s, "t1", edges)[0],
         fit_sub.posterior_over_target(x[[0, 1, 3]], s[[0, 1, 3]], "t1", edges)[0],
+        rtol=2e-5,
+        atol=1e-12,
     )
 
 
