@@ -72,7 +72,9 @@ def pit_from_binned(edges: Any, pdfs: Any, truth: Any, kind: str = "density") ->
 
 
 def pit_ks(pit: Any) -> float:
-    """Kolmogorov-Smirnov distance of the (finite) PIT values from uniform."""
+    """Kolmogorov-Smirnov distance of the (finite) PIT values from uniform:
+    ``max_i max(i/n - u_(i), u_(i) - (i-1)/n)`` (``scipy.stats.kstest(pit, "uniform")``'s
+    statistic). NaN without finite values."""
     v = np.sort(np.asarray(pit, np.float64)[np.isfinite(pit)])
     if v.size == 0:
         return float("nan")
@@ -82,14 +84,19 @@ def pit_ks(pit: Any) -> float:
 
 
 def pit_cvm(pit: Any) -> float:
-    """Cramér-von Mises statistic ``omega^2`` of the (finite) PIT values against uniform:
-    ``1/(12 n) + sum_i ((2i - 1)/(2n) - u_(i))^2``, divided by ``n``."""
+    """Cramér-von Mises statistic of the (finite) PIT values against uniform.
+
+    ``T = 1/(12 n) + sum_i ((2i - 1)/(2n) - u_(i))^2`` over the sorted values
+    ``u_(i)`` — the convention of ``scipy.stats.cramervonmises(pit, "uniform")``
+    and of qp's PIT CvM metric (it grows with ``n`` for a miscalibrated
+    estimator: ``T / n`` estimates ``omega^2``). NaN without finite values.
+    """
     v = np.sort(np.asarray(pit, np.float64)[np.isfinite(pit)])
     n = v.size
     if n == 0:
         return float("nan")
     i = np.arange(1, n + 1)
-    return float((1.0 / (12 * n) + np.sum(((2 * i - 1) / (2 * n) - v) ** 2)) / n)
+    return float(1.0 / (12 * n) + np.sum(((2 * i - 1) / (2 * n) - v) ** 2))
 
 
 def coverage(edges: Any, pdfs: Any, truth: Any, levels=(0.68, 0.95), kind: str = "density"):

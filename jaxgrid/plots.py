@@ -1,8 +1,11 @@
 """Plots (optional extra ``plot``: matplotlib): corner plots, PIT, z_phot vs z_true.
 
 `corner_for_targets` is also available as ``GridFitter.corner_for_targets``.
-Every function draws into a given ``ax``/``fig`` or makes one, and returns the
-matplotlib objects so figures can be tested and customised.
+Every function draws into a given ``ax``/``fig`` or makes one (with matplotlib's
+constrained layout, so ``savefig`` keeps every label), and returns the
+matplotlib objects so figures can be tested and customised. The z_phot–z_true
+and PIT plots print their metrics (`jaxgrid.metrics`) in the panel: the text
+artist has ``gid="jaxgrid-metrics"``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ __all__ = [
     "pit_histogram",
     "zphot_vs_ztrue",
     "plot_posterior_over_target",
+    "DENSITY_THRESHOLD",
 ]
+
+#: `zphot_vs_ztrue` draws a hexbin density instead of points above this many objects
+#: (``kind="auto"``): 10,000 dots saturate into a blob that hides where the objects are.
+DENSITY_THRESHOLD = 5000
+#: ``gid`` of the metrics text of `zphot_vs_ztrue` and `pit_histogram`.
+METRICS_GID = "jaxgrid-metrics"
 
 
 def _plt():
@@ -28,6 +38,36 @@ def _plt():
     except ImportError as err:  # pragma: no cover - optional extra
         raise ImportError("plots need matplotlib: pip install 'jaxgrid[plot]'.") from err
     return plt
+
+
+def _new_axes(plt, figsize):
+    fig = plt.figure(figsize=figsize, layout="constrained")
+    return fig.add_subplot()
+
+
+def _metrics_text(ax, lines: Sequence[str]):
+    """The metrics as one text box in the upper left of ``ax`` (``gid="jaxgrid-metrics"``)."""
+    return ax.text(
+        0.04,
+        0.96,
+        "\n".join(lines),
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+        fontsize="small",
+        gid=METRICS_GID,
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.9},
+    )
+
+
+def _interval_label(name: str, med: float, lo: float, hi: float) -> str:
+    """``name = med^{+(hi-med)}_{-(med-lo)}`` with two significant digits of the smaller error."""
+    up, down = hi - med, med - lo
+    err = min(up, down)
+    ndec = 3
+    if np.isfinite(err) and err > 0:
+        ndec = int(np.clip(1 - np.floor(np.log10(err)), 0, 6))
+    return f"{name} = ${med:.{ndec}f}^{{+{up:.{ndec}f}}}_{{-{down:.{ndec}f}}}$"
 
 
 def weighted_quantiles(values: Any, weights: Any, qs: Sequence[float]) -> np.ndarray:
@@ -77,17 +117,24 @@ def corner_for_targets(
     """Corner plot of one object's posterior over ``target_cols``.
 
     Diagonal: weighted 1-D histograms with the ``quantiles`` (dashed), the
-    best model (solid) and the mean (dotted) marked, and the truth if given.
-    Below: 2-D weighted histograms with highest-posterior-density contours
-    enclosing ``levels`` of the mass. ``bins``: an int for every target, or a
-    list with one int or edge array per target (x and y bin counts may differ).
+    best model (solid) and the mean (dotted) marked, and the truth if given
+    (``true_target_vals``: one value per target, None or NaN where unknown);
+    each is titled ``name = median^{+(q_hi - median)}_{-(median - q_lo)}``
+    (``q_lo``/``q_hi`` the outer ``quantiles``). Below: 2-D weighted histograms
+    with highest-posterior-density contours enclosing ``levels`` of the mass.
+    Panels of a column share the x range, panels of a row the y range; tick
+    labels are drawn on the outer panels only (at most 4 per axis, rotated), and
+    a legend names the lines. ``bins``: an int for every target, or a list with
+    one int or edge array per target (x and y bin counts may differ).
 
-    Returns ``(fig, axes (D, D), summary)`` with ``summary = {names, q (D, 3),
-    mean (D,), cov (D, D), corr (D, D), levels: {(i, j): thresholds}}`` —
+    Returns ``(fig, axes (D, D), summary)`` with ``summary = {names, q (D, len(quantiles)),
+    median (D,), mean (D,), cov (D, D), corr (D, D), levels: {(i, j): thresholds}}`` —
     weighted quantiles, mean and covariance (unbiased ``1 - sum w^2``
     denominator) of the raw model targets.
     """
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     names = [fitter.grid.target_names[fitter.grid.target_index(c)] for c in target_cols]
     cols = [fitter.grid.target_index(c) for c in target_cols]
     w = np.asarray(
@@ -111,11 +158,20 @@ def corner_for_targets(
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = cov / np.outer(sd, sd)
     q = np.stack([weighted_quantiles(t[:, i], wn, quantiles) for i in range(d)])
+    median = np.array([weighted_quantiles(t[:, i], wn, [0.5])[0] for i in range(d)])
     best = t[np.argmax(w)]
+    if true_target_vals is not None and len(true_target_vals) != d:
+        raise ValueError(
+            f"corner_for_targets: {len(true_target_vals)} `true_target_vals` for {d} targets; "
+            "give one per target (None or NaN where unknown)."
+        )
+    truth = [
+        None if v is None or not np.isfinite(v) else float(v)
+        for v in (true_target_vals if true_target_vals is not None else [None] * d)
+    ]
     if fig is None:
-        fig, axes = plt.subplots(d, d, figsize=(2.6 * d, 2.6 * d), squeeze=False)
-    else:
-        axes = np.asarray(fig.subplots(d, d, squeeze=False))
+        fig = plt.figure(figsize=(2.4 * d + 0.6, 2.4 * d + 0.6), layout="constrained")
+    axes = np.asarray(fig.subplots(d, d, squeeze=False))
     level_map = {}
     for i in range(d):
         for j in range(d):
@@ -125,13 +181,20 @@ def corner_for_targets(
                 continue
             if i == j:
                 ax.hist(t[:, i], bins=edges[i], weights=wn, histtype="stepfilled", alpha=0.6)
-                for qv in q[i]:
-                    ax.axvline(qv, ls="--", color="k", lw=1)
+                for k, qv in enumerate(q[i]):
+                    label = None
+                    if k == 0:
+                        label = "quantiles " + "/".join(f"{100 * v:g}" for v in quantiles) + " %"
+                    ax.axvline(qv, ls="--", color="k", lw=1, label=label)
                 ax.axvline(best[i], ls="-", color="C3", lw=1.2, label="best model")
                 ax.axvline(mean[i], ls=":", color="C2", lw=1.2, label="mean")
-                if true_target_vals is not None:
-                    ax.axvline(true_target_vals[i], color="C1", lw=1.5, label="truth")
+                if truth[i] is not None:
+                    ax.axvline(truth[i], color="C1", lw=1.5, label="truth")
                 ax.set_yticks([])
+                ax.set_xlim(edges[i][0], edges[i][-1])
+                ax.set_title(
+                    _interval_label(names[i], median[i], q[i].min(), q[i].max()), fontsize="medium"
+                )
             else:
                 H, xe, ye = np.histogram2d(t[:, j], t[:, i], bins=[edges[j], edges[i]], weights=wn)
                 ax.pcolormesh(xe, ye, H.T, cmap="Greys", shading="flat")
@@ -141,69 +204,197 @@ def corner_for_targets(
                     xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
                     ax.contour(xc, yc, H.T, levels=np.sort(thr), colors="C0", linewidths=1)
                 level_map[(i, j)] = np.sort(thr)
-                if true_target_vals is not None:
-                    ax.plot(true_target_vals[j], true_target_vals[i], "*", color="C1", ms=9)
+                if truth[i] is not None and truth[j] is not None:
+                    ax.plot(truth[j], truth[i], "*", color="C1", ms=9)
+                ax.set_xlim(edges[j][0], edges[j][-1])
+                ax.set_ylim(edges[i][0], edges[i][-1])
+                ax.yaxis.set_major_locator(MaxNLocator(4, prune="both"))
+                if j > 0:
+                    ax.tick_params(labelleft=False)
+            ax.xaxis.set_major_locator(MaxNLocator(4, prune="both"))
             if i == d - 1:
                 ax.set_xlabel(names[j])
+                ax.tick_params(axis="x", labelrotation=45)
+            else:
+                ax.tick_params(labelbottom=False)
             if j == 0 and i > 0:
                 ax.set_ylabel(names[i])
-    summary = {"names": names, "q": q, "mean": mean, "cov": cov, "corr": corr, "levels": level_map}
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if d > 1:
+        fig.legend(handles, labels, loc="upper right", fontsize="small", frameon=False)
+    else:
+        axes[0, 0].legend(handles, labels, fontsize="small")
+    summary = {
+        "names": names,
+        "q": q,
+        "median": median,
+        "mean": mean,
+        "cov": cov,
+        "corr": corr,
+        "levels": level_map,
+    }
     return fig, axes, summary
 
 
-def pit_histogram(pit: Any, bins: int = 20, ax=None, band_sigma: float = 1.0):
+def pit_histogram(
+    pit: Any,
+    bins: int = 20,
+    ax=None,
+    band_sigma: float = 1.0,
+    show_metrics: bool = True,
+    legend: bool = True,
+):
     """Histogram of PIT values with the uniform expectation and its binomial band.
+
+    With ``show_metrics`` the panel prints N, the KS distance (`jaxgrid.metrics.pit_ks`)
+    and the Cramér-von Mises statistic (`jaxgrid.metrics.pit_cvm`) of the finite
+    values; the legend names the histogram and the band.
 
     Returns ``(ax, counts, (lo, hi))``: ``lo``/``hi`` is the expected count per
     bin -/+ ``band_sigma`` binomial standard deviations.
     """
+    from .metrics import pit_cvm, pit_ks
+
     plt = _plt()
     v = np.asarray(pit, np.float64)
     v = v[np.isfinite(v)]
     if ax is None:
-        _, ax = plt.subplots(figsize=(4, 3))
-    counts, edges, _ = ax.hist(v, bins=bins, range=(0, 1), histtype="step", color="k")
+        ax = _new_axes(plt, (4.5, 3.4))
+    counts, edges, _ = ax.hist(v, bins=bins, range=(0, 1), histtype="step", color="k", label="PIT")
     n, p = v.size, 1.0 / bins
     expected = n * p
     half = band_sigma * np.sqrt(n * p * (1 - p))
-    ax.axhspan(expected - half, expected + half, color="C0", alpha=0.25, label="uniform")
+    ax.axhspan(
+        expected - half,
+        expected + half,
+        color="C0",
+        alpha=0.25,
+        label=f"uniform ± {band_sigma:g}σ",
+    )
     ax.axhline(expected, color="C0")
+    ax.set_xlim(0, 1)
+    # head room for the metrics and the legend above the bars
+    top = max(float(counts.max()) if counts.size else 0.0, expected + half)
+    ax.set_ylim(0, 1.45 * top if top > 0 else 1.0)
     ax.set_xlabel("PIT")
     ax.set_ylabel("objects")
+    if show_metrics:
+        _metrics_text(ax, [f"N = {n:,}", f"KS = {pit_ks(v):.4f}", f"CvM = {pit_cvm(v):.4g}"])
+    if legend:
+        ax.legend(loc="upper right", fontsize="small")
     return ax, counts, (expected - half, expected + half)
 
 
-def zphot_vs_ztrue(z_true: Any, z_phot: Any, ax=None, outlier_cut: float = 0.15, zmax=None):
+def zphot_vs_ztrue(
+    z_true: Any,
+    z_phot: Any,
+    ax=None,
+    outlier_cut: float = 0.15,
+    zmax=None,
+    kind: str = "auto",
+    density_threshold: int = DENSITY_THRESHOLD,
+    gridsize: int = 60,
+    show_metrics: bool = True,
+    legend: bool = True,
+    colorbar: bool = True,
+):
     """z_phot against z_true with the 1:1 line and the outlier boundaries
-    ``|dz| / (1 + z) = outlier_cut``. Returns ``ax``."""
+    ``|dz| / (1 + z) = outlier_cut``.
+
+    ``kind``: ``"scatter"`` (one dot per object), ``"hexbin"`` (objects per
+    hexagon, logarithmic colour scale, with a colour bar when ``colorbar``) or
+    ``"auto"``: hexbin above ``density_threshold`` finite pairs. With
+    ``show_metrics`` the panel prints N, bias, σ_NMAD and the outlier fraction
+    of `jaxgrid.metrics.photoz_metrics` (non-finite pairs excluded). Returns ``ax``.
+    """
+    from .metrics import photoz_metrics
+
+    if kind not in ("auto", "scatter", "hexbin"):
+        raise ValueError(
+            f"zphot_vs_ztrue: `kind` must be 'auto', 'scatter' or 'hexbin', got {kind!r}."
+        )
     plt = _plt()
-    zt = np.asarray(z_true, np.float64)
-    zp = np.asarray(z_phot, np.float64)
+    zt = np.asarray(z_true, np.float64).reshape(-1)
+    zp = np.asarray(z_phot, np.float64).reshape(-1)
+    if zt.shape != zp.shape:
+        raise ValueError(f"zphot_vs_ztrue: z_true {zt.shape} and z_phot {zp.shape} differ.")
+    ok = np.isfinite(zt) & np.isfinite(zp)
+    if not ok.any():
+        raise ValueError("zphot_vs_ztrue: no object has a finite z_true and z_phot.")
     if ax is None:
-        _, ax = plt.subplots(figsize=(4, 4))
-    zmax = float(np.nanmax([zt.max(), zp.max()])) if zmax is None else zmax
+        ax = _new_axes(plt, (4.8 if kind != "scatter" else 4.2, 4.2))
+    zmax = float(max(zt[ok].max(), zp[ok].max())) if zmax is None else float(zmax)
+    if kind == "auto":
+        kind = "hexbin" if ok.sum() > density_threshold else "scatter"
+    if kind == "hexbin":
+        lo = min(0.0, float(zt[ok].min()), float(zp[ok].min()))
+        hi = max(zmax, float(zt[ok].max()), float(zp[ok].max()))
+        hb = ax.hexbin(
+            zt[ok],
+            zp[ok],
+            gridsize=gridsize,
+            extent=(lo, hi, lo, hi),  # every object counted, also those off the axes
+            bins="log",
+            mincnt=1,
+            cmap="viridis",
+            linewidths=0.2,
+        )
+        if colorbar:
+            ax.figure.colorbar(hb, ax=ax, label="objects per cell")
+    else:
+        ax.plot(zt[ok], zp[ok], ".", ms=2, alpha=0.5, color="k", label="objects")
     zz = np.linspace(0, zmax, 50)
-    ax.plot(zt, zp, ".", ms=2, alpha=0.5, color="k")
-    ax.plot(zz, zz, color="C3", lw=1)
-    ax.plot(zz, zz + outlier_cut * (1 + zz), "--", color="C3", lw=0.8)
+    ax.plot(zz, zz, color="C3", lw=1, label="1:1")
+    ax.plot(
+        zz,
+        zz + outlier_cut * (1 + zz),
+        "--",
+        color="C3",
+        lw=0.8,
+        label=f"|Δz|/(1+z) = {outlier_cut:g}",
+    )
     ax.plot(zz, zz - outlier_cut * (1 + zz), "--", color="C3", lw=0.8)
     ax.set_xlim(0, zmax)
     ax.set_ylim(0, zmax)
+    ax.set_aspect("equal")
     ax.set_xlabel("z true")
     ax.set_ylabel("z phot")
+    if show_metrics:
+        m = photoz_metrics(zt, zp, outlier_cut=outlier_cut)
+        _metrics_text(
+            ax,
+            [
+                f"N = {m['n']:,}",
+                f"bias = {m['bias']:+.4f}",
+                f"$\\sigma_\\mathrm{{NMAD}}$ = {m['nmad']:.4f}",
+                f"outliers = {100 * m['outlier_fraction']:.2f} %",
+            ],
+        )
+    if legend:
+        ax.legend(loc="lower right", fontsize="small")
     return ax
 
 
 def plot_posterior_over_target(
-    density: Any, centres: Any, ax=None, truth: float | None = None, label: str | None = None
+    density: Any,
+    centres: Any,
+    ax=None,
+    truth: float | None = None,
+    label: str | None = None,
+    xlabel: str | None = None,
 ):
     """Step plot of a binned posterior density (from ``posterior_over_target`` or
-    ``posts_target``), with the truth marked. Returns ``ax``."""
+    ``posts_target``), with the truth marked (and a legend when ``label`` is given).
+    Returns ``ax``."""
     plt = _plt()
     if ax is None:
-        _, ax = plt.subplots(figsize=(4, 3))
+        ax = _new_axes(plt, (4.5, 3.2))
     ax.step(np.asarray(centres), np.asarray(density), where="mid", label=label)
     if truth is not None:
-        ax.axvline(truth, color="C1")
+        ax.axvline(truth, color="C1", label="truth" if label is not None else None)
     ax.set_ylabel("posterior density")
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    if label is not None:
+        ax.legend(fontsize="small")
     return ax

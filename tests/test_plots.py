@@ -1,4 +1,8 @@
-"""Plots render (Agg) and show the right content; metrics match definitions."""
+"""Plots render (Agg) and show the right content: legends, metrics equal to
+jaxgrid.metrics' on the same arrays, density vs points, labels inside the saved
+figure, no overlapping tick labels."""
+
+import re
 
 import matplotlib
 
@@ -7,11 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.contour import QuadContourSet  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 from jaxgrid import GridFitter, ModelGrid  # noqa: E402
-from jaxgrid.metrics import photoz_metrics, pit_from_binned, pit_ks  # noqa: E402
+from jaxgrid.metrics import photoz_metrics, pit_cvm, pit_ks  # noqa: E402
 from jaxgrid.plots import (  # noqa: E402
+    DENSITY_THRESHOLD,
     hpd_levels,
     pit_histogram,
     plot_posterior_over_target,
@@ -30,6 +37,77 @@ def fitter():
     obs = t @ np.array([[1.0, 0.3, 0.0], [0.2, 1.0, 0.1], [0.0, 0.4, 1.0]])
     grid = ModelGrid(obs, t, ["o1", "o2", "o3"], ["a", "b", "c"])
     return GridFitter(grid, use_standardised=False)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _metrics(ax) -> dict[str, float]:
+    """The numbers of the metrics box, by the name before ``=``."""
+    (text,) = [t for t in ax.texts if t.get_gid() == "jaxgrid-metrics"]
+    out = {}
+    for line in text.get_text().splitlines():
+        name, value = line.split(" = ")
+        out[name.strip()] = float(re.sub(r"[ %,]", "", value))
+    return out
+
+
+def _legend(ax_or_fig) -> list[str]:
+    leg = ax_or_fig.get_legend() if hasattr(ax_or_fig, "get_legend") else ax_or_fig.legends[0]
+    assert leg is not None, "no legend drawn"
+    return [t.get_text() for t in leg.get_texts()]
+
+
+def _texts(fig):
+    """Every drawn, non-empty text of the figure's visible axes and legends, with its
+    window extent: axis labels, titles, tick labels in view, legend and metrics texts."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    out = []
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            locs = axis.get_majorticklocs()
+            for loc, tick in zip(locs, axis.get_major_ticks(len(locs)), strict=True):
+                lab = tick.label1
+                if lo <= loc <= hi and lab.get_visible() and lab.get_text():
+                    out.append(lab)
+            if axis.label.get_text():
+                out.append(axis.label)
+        out += [t for t in (ax.title,) if t.get_text()]
+        out += [t for t in ax.texts if t.get_visible()]
+        if ax.get_legend() is not None:
+            out += ax.get_legend().get_texts()
+    for leg in fig.legends:
+        out += leg.get_texts()
+    return [(t, t.get_window_extent(r)) for t in out], r
+
+
+def _check_layout(fig, tmp_path, name):
+    """Saved without bbox_inches="tight", nothing is cut off, and no two texts overlap."""
+    fig.savefig(tmp_path / f"{name}.png")
+    texts, r = _texts(fig)
+    assert texts
+    inside = fig.bbox.padded(0.5)
+    for t, bb in texts:
+        assert inside.contains(bb.x0, bb.y0) and inside.contains(bb.x1, bb.y1), (
+            f"{t.get_text()!r} is cut off: {bb} outside {fig.bbox}"
+        )
+    tight = fig.get_tightbbox(r)  # inches
+    w, h = fig.get_size_inches()
+    assert tight.x0 >= -0.01 and tight.y0 >= -0.01 and tight.x1 <= w + 0.01
+    assert tight.y1 <= h + 0.01
+    for k, (t1, b1) in enumerate(texts):
+        for t2, b2 in texts[k + 1 :]:
+            inter = Bbox.intersection(b1, b2)
+            assert inter is None or inter.width * inter.height < 1.0, (
+                f"{t1.get_text()!r} overlaps {t2.get_text()!r}"
+            )
 
 
 def test_corner_plot_content_and_summary(fitter, tmp_path):
@@ -53,7 +131,8 @@ def test_corner_plot_content_and_summary(fitter, tmp_path):
     np.testing.assert_allclose(np.diag(summary["corr"]), 1.0, rtol=1e-6)
     order = np.argsort(t[:, 0], kind="stable")
     cdf = np.cumsum(wn[order]) - 0.5 * wn[order]
-    np.testing.assert_allclose(summary["q"][0], np.interp([0.16, 0.5, 0.84], cdf, t[order, 0]))
+    q0 = np.interp([0.16, 0.5, 0.84], cdf, t[order, 0])
+    np.testing.assert_allclose(summary["q"][0], q0)
     assert summary["names"] == ["a", "b", "c"]
     # diagonal: quantile, best and mean lines (+ truth)
     assert len(axes[1, 1].lines) == 3 + 1 + 1 + 1
@@ -73,7 +152,51 @@ def test_corner_plot_content_and_summary(fitter, tmp_path):
     np.testing.assert_allclose(
         summary["levels"][(2, 1)], np.sort(np.unique(hpd_levels(H, (0.68, 0.95)))), rtol=1e-6
     )
-    plt.close(fig)
+
+
+def test_corner_labels_legend_and_layout(fitter, tmp_path):
+    x = np.array([0.5, 1.1, 0.3])
+    s = np.array([0.1, 0.15, 0.2])
+    fig, axes, summary = fitter.corner_for_targets(
+        x, s, ["a", "b", "c"], true_target_vals=[0.4, np.nan, 0.1], bins=[20, 35, 12]
+    )
+    assert _legend(fig) == ["quantiles 16/50/84 %", "best model", "mean", "truth"]
+    assert len(axes[1, 1].lines) == 3 + 1 + 1  # no truth line for the unknown b
+    # each diagonal is titled "name = median^{+up}_{-down}" with the weighted quantiles
+    w = np.asarray(fitter.posterior_over_models(x, s), np.float64)
+    t = np.asarray(fitter.grid.targets, np.float64)
+    for i, name in enumerate("abc"):
+        title = axes[i, i].get_title()
+        m = re.fullmatch(rf"{name} = \$([-\d.]+)\^\{{\+([\d.]+)\}}_\{{-([\d.]+)\}}\$", title)
+        assert m, title
+        lo, med, hi = weighted_quantiles(t[:, i], w, [0.16, 0.5, 0.84])
+        ndec = len(m.group(1).split(".")[1]) if "." in m.group(1) else 0
+        tol = 0.51 * 10.0**-ndec + 1e-12
+        assert float(m.group(1)) == pytest.approx(med, abs=tol)
+        assert float(m.group(2)) == pytest.approx(hi - med, abs=tol)
+        assert float(m.group(3)) == pytest.approx(med - lo, abs=tol)
+        assert summary["median"][i] == pytest.approx(med)
+    # tick labels only on the outer panels; every axis named on the outer panels
+    assert [axes[2, j].get_xlabel() for j in range(3)] == ["a", "b", "c"]
+    assert [axes[i, 0].get_ylabel() for i in (1, 2)] == ["b", "c"]
+    assert not any(lab.get_visible() for lab in axes[1, 0].get_xticklabels())
+    assert not any(lab.get_visible() for lab in axes[2, 1].get_yticklabels())
+    _check_layout(fig, tmp_path, "corner")
+
+
+def test_corner_one_target_and_bad_truth(fitter, tmp_path):
+    fig, axes, _ = fitter.corner_for_targets(
+        np.array([0.5, 1.1, 0.3]), np.array([0.1, 0.15, 0.2]), ["b"], true_target_vals=[0.9]
+    )
+    assert axes.shape == (1, 1) and "truth" in _legend(axes[0, 0])
+    _check_layout(fig, tmp_path, "corner1")
+    with pytest.raises(ValueError, match="true_target_vals"):
+        fitter.corner_for_targets(
+            np.array([0.5, 1.1, 0.3]),
+            np.array([0.1, 0.15, 0.2]),
+            ["a", "b"],
+            true_target_vals=[0.1],
+        )
 
 
 def test_hpd_levels_enclose_the_mass():
@@ -93,66 +216,89 @@ def test_weighted_quantiles_equal_weights_match_numpy():
     np.testing.assert_allclose(got, np.quantile(v, [0.1, 0.5, 0.9], method="hazen"), rtol=1e-12)
 
 
-def test_pit_histogram_band(tmp_path):
-    pit = np.random.default_rng(2).uniform(size=4000)
-    ax, counts, (lo, hi) = pit_histogram(pit, bins=20)
+def test_pit_histogram_band_legend_metrics(tmp_path):
+    pit = np.random.default_rng(2).uniform(size=4000) ** 1.3
+    ax, counts, (lo, hi) = pit_histogram(np.concatenate([pit, [np.nan]]), bins=20)
     assert counts.sum() == 4000 and lo == pytest.approx(200 - np.sqrt(4000 * 0.05 * 0.95))
     assert hi == pytest.approx(200 + np.sqrt(4000 * 0.05 * 0.95))
-    ax.figure.savefig(tmp_path / "pit.png")
-    plt.close(ax.figure)
+    np.testing.assert_array_equal(counts, np.histogram(pit, bins=20, range=(0, 1))[0])
+    assert _legend(ax) == ["PIT", "uniform ± 1σ"]
+    m = _metrics(ax)
+    assert m["N"] == 4000
+    assert m["KS"] == pytest.approx(pit_ks(pit), abs=5.1e-5)
+    cvm = pit_cvm(pit)
+    assert m["CvM"] == pytest.approx(cvm, rel=1e-3)
+    assert ax.get_ylim()[1] > counts.max()  # head room: the box does not hide the bars
+    _check_layout(ax.figure, tmp_path, "pit")
+    ax, _, _ = pit_histogram(pit, show_metrics=False, legend=False, band_sigma=2)
+    assert ax.get_legend() is None and not ax.texts
 
 
-def test_zphot_plot_and_posterior_plot(tmp_path):
-    zt = np.random.default_rng(3).uniform(0, 3, 500)
-    ax = zphot_vs_ztrue(zt, zt + 0.01)
-    assert len(ax.lines) == 4 and ax.get_xlim() == pytest.approx((0, zt.max() + 0.01), abs=0.02)
-    plt.close(ax.figure)
+def test_zphot_scatter_below_threshold_with_metrics(tmp_path):
+    rng = np.random.default_rng(3)
+    zt = rng.uniform(0, 3, 500)
+    zp = zt + rng.normal(0, 0.05, 500) * (1 + zt)
+    zp[:20] = rng.uniform(0, 3, 20)  # some outliers
+    zp[20] = np.nan  # excluded everywhere
+    ax = zphot_vs_ztrue(zt, zp)
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection)]
+    dots = [ln for ln in ax.get_lines() if ln.get_marker() == "."]
+    assert len(dots) == 1 and len(dots[0].get_xdata()) == 499
+    assert _legend(ax) == ["objects", "1:1", "|Δz|/(1+z) = 0.15"]
+    ok = np.isfinite(zp)
+    assert ax.get_xlim() == pytest.approx((0, max(zt.max(), zp[ok].max())))
+    ref = photoz_metrics(zt, zp)
+    m = _metrics(ax)
+    assert m["N"] == ref["n"] == 499
+    assert m["bias"] == pytest.approx(ref["bias"], abs=5.1e-5)
+    assert m[r"$\sigma_\mathrm{NMAD}$"] == pytest.approx(ref["nmad"], abs=5.1e-5)
+    assert m["outliers"] == pytest.approx(100 * ref["outlier_fraction"], abs=5.1e-3)
+    assert ref["outlier_fraction"] > 0.01
+    _check_layout(ax.figure, tmp_path, "zphot_scatter")
+    ax = zphot_vs_ztrue(zt, zp, outlier_cut=0.1, show_metrics=False)
+    assert not ax.texts and _legend(ax)[-1] == "|Δz|/(1+z) = 0.1"
+    assert _metrics(zphot_vs_ztrue(zt, zp, outlier_cut=0.1))["outliers"] == pytest.approx(
+        100 * photoz_metrics(zt, zp, outlier_cut=0.1)["outlier_fraction"], abs=5.1e-3
+    )
+
+
+def test_zphot_density_above_threshold_and_override(tmp_path):
+    rng = np.random.default_rng(4)
+    n = DENSITY_THRESHOLD + 1
+    zt = rng.uniform(0, 2, n)
+    zp = zt + rng.normal(0, 0.03, n)
+    ax = zphot_vs_ztrue(zt, zp)
+    (hb,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert hb.get_array().sum() == n  # every object counted once, no dots drawn
+    assert not [ln for ln in ax.get_lines() if ln.get_marker() == "."]
+    assert len(ax.figure.axes) == 2  # the colour bar
+    assert _legend(ax) == ["1:1", "|Δz|/(1+z) = 0.15"]
+    assert _metrics(ax)["N"] == n
+    _check_layout(ax.figure, tmp_path, "zphot_hexbin")
+    # overridable either way
+    ax = zphot_vs_ztrue(zt, zp, kind="scatter")
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection)]
+    ax = zphot_vs_ztrue(zt[:100], zp[:100], kind="hexbin", colorbar=False)
+    assert [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(ax.figure.axes) == 1
+    ax = zphot_vs_ztrue(zt[:100], zp[:100], density_threshold=50)
+    assert [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+def test_zphot_bad_input():
+    with pytest.raises(ValueError, match="`kind`"):
+        zphot_vs_ztrue([0.1], [0.1], kind="dots")
+    with pytest.raises(ValueError, match="differ"):
+        zphot_vs_ztrue([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError, match="no object"):
+        zphot_vs_ztrue([np.nan], [0.1])
+
+
+def test_posterior_plot(tmp_path):
     ax = plot_posterior_over_target(np.ones(10) / 2, np.linspace(0.1, 1.9, 10), truth=1.0)
-    assert len(ax.lines) == 2
-    plt.close(ax.figure)
-
-
-def test_photoz_metrics_definitions():
-    zt = np.array([0.1, 0.5, 1.0, 2.0, np.nan])
-    ze = np.array([0.11, 0.5, 1.5, 2.1, 1.0])
-    m = photoz_metrics(zt, ze)
-    d = (ze[:4] - zt[:4]) / (1 + zt[:4])
-    assert m["bias"] == pytest.approx(np.median(d))
-    assert m["nmad"] == pytest.approx(1.4826 * np.median(np.abs(d - np.median(d))))
-    assert m["outlier_fraction"] == pytest.approx(0.25) and m["n_excluded"] == 1
-
-
-def test_pit_from_binned_and_ks():
-    edges = np.linspace(0, 2, 21)
-    dens = np.full((3, 20), 0.5)  # uniform on [0, 2]
-    pit = pit_from_binned(edges, dens, [0.5, 1.0, 3.0])
-    np.testing.assert_allclose(pit, [0.25, 0.5, 1.0])
-    np.testing.assert_allclose(
-        pit_from_binned(edges, dens * np.diff(edges), [0.5, 1.0, 3.0], kind="mass"), pit
+    assert len(ax.lines) == 2 and ax.get_legend() is None
+    ax = plot_posterior_over_target(
+        np.ones(10) / 2, np.linspace(0.1, 1.9, 10), truth=1.0, label="galaxy 1", xlabel="z"
     )
-    assert np.isnan(pit_from_binned(edges, np.zeros((1, 20)), [1.0])[0])
-    u = np.random.default_rng(4).uniform(size=5000)
-    assert pit_ks(u) < 0.03 and pit_ks(u**2) > 0.2
-
-
-def test_pit_cvm_and_coverage():
-    from scipy import stats
-
-    from jaxgrid.metrics import coverage, pit_cvm
-
-    u = np.random.default_rng(6).uniform(size=3000)
-    assert pit_cvm(u) * len(u) == pytest.approx(
-        stats.cramervonmises(u, "uniform").statistic, rel=1e-9
-    )
-    # Gaussian PDFs with the right width cover ~68% / 95%; too narrow ones less
-    rng = np.random.default_rng(7)
-    edges = np.linspace(-6, 6, 241)
-    c = 0.5 * (edges[1:] + edges[:-1])
-    truth = rng.normal(size=4000)
-    right = np.exp(-0.5 * c[None] ** 2) * np.ones((4000, 1))
-    narrow = np.exp(-0.5 * (c[None] / 0.5) ** 2) * np.ones((4000, 1))
-    cov = coverage(edges, right, truth)
-    assert cov[0.68] == pytest.approx(0.68, abs=0.03) and cov[0.95] == pytest.approx(
-        0.95, abs=0.015
-    )
-    assert coverage(edges, narrow, truth)[0.68] < 0.45
+    assert _legend(ax) == ["galaxy 1", "truth"] and ax.get_xlabel() == "z"
+    _check_layout(ax.figure, tmp_path, "posterior")

@@ -8,24 +8,38 @@ __all__ = ["Status", "BAD_STATUS", "MIN_MASS_IN_BINS", "POOR_FIT_PROBABILITY", "
 
 
 class Status(enum.IntFlag):
-    """Per-row status bit flags (``0`` = ok). Rows with any of `BAD_STATUS` have NaN
-    summaries and no candidates; the other flags are warnings."""
+    """Per-row status bit flags (``0`` = ok; a row's code is the sum of its flags).
+
+    Rows with any of `BAD_STATUS` (``NO_OBSERVABLES | NO_CANDIDATES | ZERO_WEIGHT``)
+    have NaN summaries and no candidates; the other flags are warnings. Test a flag
+    with ``status & Status.POOR_FIT``; `is_bad` tests the bad ones. One line per
+    flag below (each member's docstring).
+    """
 
     OK = 0
-    NO_OBSERVABLES = 1  #: no band with a finite value and error
-    NO_CANDIDATES = 2  #: the preselection gave this row no candidate
-    ZERO_WEIGHT = 4  #: every model has zero posterior weight (log L + log prior = -inf)
-    KDE_FALLBACK = 8  #: KDE impossible (one effective sample): histogram used instead
-    MASS_CAP = 16  #: the user's posterior_keep_max_candidates bound before keep_mass was reached
-    FULL_GRID_FALLBACK = 32  #: preselection failed for this row; the full grid was used
-    #: invalid inputs were treated as missing bands (infinite values, errors <= 0, values
-    #: beyond float32's range); with NO_CANDIDATES: the binner gave indices off the grid
+    """ok: every summary is valid"""
+    NO_OBSERVABLES = 1
+    """no band with a finite value and error"""
+    NO_CANDIDATES = 2
+    """the preselection gave this row no candidate"""
+    ZERO_WEIGHT = 4
+    """every model has zero posterior weight (log L + log prior = -inf)"""
+    KDE_FALLBACK = 8
+    """KDE impossible (one effective sample): histogram used instead"""
+    MASS_CAP = 16
+    """the user's posterior_keep_max_candidates bound before keep_mass was reached"""
+    FULL_GRID_FALLBACK = 32
+    """preselection failed for this row; the full grid was used"""
     BAD_INPUT = 64
-    NO_MASS_IN_BINS = 128  #: a summarised target has no posterior mass inside its bins
-    #: a summarised target has less than `MIN_MASS_IN_BINS` of the kept mass inside its bins
+    """invalid inputs were treated as missing bands (infinite values, errors <= 0, values
+    beyond float32's range); with NO_CANDIDATES: the binner gave indices off the grid"""
+    NO_MASS_IN_BINS = 128
+    """a summarised target has no posterior mass inside its bins"""
     LOW_MASS_IN_BINS = 256
-    #: chi2_min is implausible for the row's bands: P(chi2_dof >= chi2_min) < `POOR_FIT_PROBABILITY`
+    """a summarised target has less than `MIN_MASS_IN_BINS` of the kept mass inside its bins"""
     POOR_FIT = 512
+    """chi2_min is implausible for the row's bands: P(chi2_dof >= chi2_min) <
+    `POOR_FIT_PROBABILITY`"""
 
 
 BAD_STATUS = Status.NO_OBSERVABLES | Status.NO_CANDIDATES | Status.ZERO_WEIGHT
