@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.flat import as_ids
 from ..io.results import GridFitHDF5Writer, check_output
 from .options import BatchOptions
 from .plan import plan_batch
@@ -23,8 +24,7 @@ def fit_batch(fitter, X_native, SIG_native, options: BatchOptions):
     as ``options.return_mode`` asks (see the method for every setting)."""
     o = options
     plan = plan_batch(fitter, X_native, SIG_native, o)
-    if o.ids is not None and len(o.ids) != plan.X.shape[0]:
-        raise ValueError(f"`ids` has {len(o.ids)} entries for {plan.X.shape[0]} rows.")
+    ids = as_ids(o.ids, plan.X.shape[0])  # int64 or str, one per row
     if o.output_hdf5_path is not None:
         check_output(o.output_hdf5_path, o.output_hdf5_group, o.output_hdf5_overwrite, o.resume)
     if o.dry_run:
@@ -35,7 +35,10 @@ def fit_batch(fitter, X_native, SIG_native, options: BatchOptions):
             plan.config,
         )
         return [] if o.return_mode in ("list", "table") else iter(())
-    chunks = _chunks(fitter, plan, o)
+    meta = fitter.grid.meta
+    units = meta.get("units") if isinstance(meta, dict) else None
+    units = units if isinstance(units, dict) else None
+    chunks = _chunks(fitter, plan, o, ids, units)
     if o.output_hdf5_write_only:
         for _ in chunks:
             pass
@@ -43,9 +46,7 @@ def fit_batch(fitter, X_native, SIG_native, options: BatchOptions):
     if o.return_mode == "chunks":
         return _public_chunks(chunks, plan)
     if o.return_mode == "table":
-        meta = fitter.grid.meta
-        units = meta.get("units") if isinstance(meta, dict) else None
-        return _table(list(chunks), plan, o.ids, units if isinstance(units, dict) else None)
+        return _table(list(chunks), plan, ids, units)
     objects = (d for res in chunks for d in _object_dicts(res, plan))
     if o.return_mode == "list":
         return list(objects)
@@ -54,7 +55,7 @@ def fit_batch(fitter, X_native, SIG_native, options: BatchOptions):
     return objects
 
 
-def _open_writer(plan, o: BatchOptions, m: int) -> GridFitHDF5Writer:
+def _open_writer(plan, o: BatchOptions, m: int, ids, units) -> GridFitHDF5Writer:
     return GridFitHDF5Writer(
         o.output_hdf5_path,
         o.output_hdf5_group,
@@ -68,13 +69,16 @@ def _open_writer(plan, o: BatchOptions, m: int) -> GridFitHDF5Writer:
         compression=o.output_hdf5_compression,
         compression_opts=o.output_hdf5_compression_opts,
         flush_every=o.output_hdf5_flush_every,
+        ids=ids,
+        units=units,
     )
 
 
-def _chunks(fitter, plan, o: BatchOptions) -> Iterator[dict[str, Any]]:
-    """The run, lazily: chunk result dicts in row order, each committed to the output
-    file's journal (if any) before it is handed on; the file is assembled at the end,
-    also after an exception (what was committed is kept)."""
+def _chunks(fitter, plan, o: BatchOptions, ids, units) -> Iterator[dict[str, Any]]:
+    """The run, lazily: chunk result dicts in row order (with ``id`` when ``ids`` are
+    given), each committed to the output file's journal (if any) before it is handed
+    on; the file is assembled at the end, also after an exception (what was committed
+    is kept)."""
     writer = None
     m = plan.X.shape[0]
     todo = np.arange(m)
@@ -83,7 +87,7 @@ def _chunks(fitter, plan, o: BatchOptions) -> Iterator[dict[str, Any]]:
     callback = progress if callable(progress) else None
     try:
         if o.output_hdf5_path is not None:
-            writer = _open_writer(plan, o, m)
+            writer = _open_writer(plan, o, m, ids, units)
             if o.resume:
                 todo = chunks_to_redo(writer.written(), plan.chunk_size)
                 logger.info("fit_batch resume: %d of %d rows left.", todo.size, m)
@@ -91,6 +95,8 @@ def _chunks(fitter, plan, o: BatchOptions) -> Iterator[dict[str, Any]]:
         done = 0
         t0 = time.perf_counter()
         for res in _Runner(fitter, plan, o.binner, o.n_jobs).run(todo):
+            if ids is not None:
+                res["id"] = ids[res["m"]]
             if writer is not None:
                 writer.write(res["m"], res)  # one journal record per chunk
             done += res["m"].size

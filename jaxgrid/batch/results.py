@@ -30,6 +30,7 @@ def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, An
     c2 = cast("chi2_min", res["chi2_min"]).tolist()
     best = cast("best", res["best"]).tolist()
     status = cast("status", res["status"]).tolist()
+    ids = res["id"].tolist() if "id" in res else None
     stat_rows = None
     if names:
         per = {f: cast(f, res[f]).T.tolist() for f in TARGET_STATS}
@@ -56,6 +57,8 @@ def _object_dicts(res: dict[str, Any], plan: BatchPlan) -> Iterator[dict[str, An
             "best": best[i],
             "status": status[i],
         }
+        if ids is not None:
+            d["id"] = ids[i]
         if stat_rows is not None:
             stats: dict[str, Any] = dict(zip(names, stat_rows[i], strict=True))
             stats["cov"] = cov[i]
@@ -103,4 +106,5 @@ def _public_chunks(it, plan) -> Iterator[dict[str, Any]]:
     for res in it:
         out = dict(res)
         out["stats_for"] = plan.stats_names
+        out["stats_bins"] = plan.stats_bins  # one edge array per target (to_qp needs them)
         yield out

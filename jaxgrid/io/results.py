@@ -5,6 +5,8 @@ Layout of a result group (M = catalog rows, D = summarised targets)::
     configuration                      attribute: JSON of the run's settings
     format                             attribute: "jaxgrid.fit_results/2"
     index/m (M,)                       object index
+    index/id (M,)                      catalog ids (with ``ids=``): int64, or fixed-width
+                                       UTF-8 strings (`read_fit_results` gives ``str``)
     index/written (M,) int8            0 not written, 1 ok, -1 flagged (no summaries)
     index/status (M,) int32            engine Status bit flags (see jaxgrid.Status)
     truncation/{level, n_before, n_after, mass_kept, mass_dropped, cut_weight,
@@ -14,6 +16,9 @@ Layout of a result group (M = catalog rows, D = summarised targets)::
                     posts_target (M, K)]}
     stats/cov/{keys (D,), cov (M, D, D)}
     log_evidence, chi2_min, best (M,)
+    table (written rows,)              the flat per-object table (compound dataset) and
+    table.__table_column_meta__        its astropy metadata: ``Table.read(file,
+                                       path="<group>/table")`` reads it without jaxgrid
 
 Files written before format 2 called the written column ``index/status`` and the
 flags ``index/flags``; `read_fit_results` and `read_index` return the new names for
@@ -71,6 +76,7 @@ import numpy as np
 
 from ..core.schema import TARGET_STATS, TRUNCATION_FIELDS, hdf5_datasets
 from ..core.status import is_bad
+from .flat import ID_DATASET, TABLE_DATASET, as_ids, ids_digest, read_ids, write_ids, write_table
 
 __all__ = [
     "GridFitHDF5Writer",
@@ -514,6 +520,10 @@ class GridFitHDF5Writer:
             unfinished journal with the same configuration, rows, targets, bins and
             ``return_pdf`` (``ValueError`` otherwise).
         compression: HDF5 filter of the fixed-size datasets (``compression_opts`` its level).
+        ids: optional (M,) catalog ids (integers or strings; `jaxgrid.io.flat.as_ids`),
+            stored as ``index/id`` and in the flat table; a resume must give the same
+            ids (or none, if the run had none), else ``ValueError``.
+        units: optional ``{target: unit}`` for the flat table's summary columns.
         flush_every: ``fsync`` the journal after at least this many rows (every chunk
             is written to the journal at once: a killed process loses nothing written;
             this bounds what a power loss can take).
@@ -538,8 +548,12 @@ class GridFitHDF5Writer:
         compression: str | None = "gzip",
         compression_opts: int | None = 4,
         flush_every: int = 256,
+        ids: Any = None,
+        units: dict[str, str] | None = None,
     ):
         check_output(path, group, overwrite, resume)
+        self.ids = as_ids(ids, int(n_rows))
+        self.units = dict(units) if isinstance(units, dict) else None
         self.path, self.group_name, self.n_rows = _real(path), group_name(group), int(n_rows)
         self.stats_targets = list(stats_targets)
         self.stats_bins = [np.asarray(b, np.float64) for b in stats_bins]
@@ -557,6 +571,7 @@ class GridFitHDF5Writer:
             "stats_targets": self.stats_targets,
             "stats_bins": [b.tolist() for b in self.stats_bins],
             "return_pdf": self.return_pdf,
+            "ids": ids_digest(self.ids),  # absent (None) in journals from before ids
         }
         self._lock = _OutputLock(self.path).acquire()
         self._journal = None
@@ -600,6 +615,7 @@ class GridFitHDF5Writer:
         _same_configuration(
             stored.get("configuration", ""), self._config_text, self.group_name, where
         )
+        self._same_ids(stored.get("ids") == self._header["ids"], stored.get("ids"), where)
         keys = [k for k in self._header if k != "format" and stored.get(k) != self._header[k]]
         if keys:
             raise ValueError(
@@ -631,6 +647,31 @@ class GridFitHDF5Writer:
                 f"{g['index/m'].shape[0]} rows, this writer {self.n_rows}; resume with the "
                 "same catalog, or overwrite (output_hdf5_overwrite=True, CLI: --overwrite)."
             )
+        stored = read_ids(g)
+        same = (stored is None and self.ids is None) or (
+            stored is not None
+            and self.ids is not None
+            and stored.dtype.kind == self.ids.dtype.kind
+            and np.array_equal(stored, self.ids)
+        )
+        self._same_ids(same, ids_digest(stored), self.path)
+
+    def _same_ids(self, same: bool, stored: dict[str, Any] | None, where: Path) -> None:
+        """Refuse a resume whose ids differ from the run's (or are given / missing)."""
+        if same:
+            return
+        mine = self._header["ids"]
+
+        def say(d):
+            if d is None:
+                return "no ids"
+            return f"{d['n']} {d['kind']} ids (sha256 {d['sha256'][:12]})"
+
+        raise ValueError(
+            f"resume: group {self.group_name!r} ({where}) was written with {say(stored)}, "
+            f"this run has {say(mine)}; resume with the same ids (CLI: the same --id-col), "
+            "or overwrite (output_hdf5_overwrite=True, CLI: --overwrite)."
+        )
 
     def _journal_for_writing(self) -> _Journal:
         if self._closed:
@@ -855,6 +896,7 @@ class GridFitHDF5Writer:
                     g.attrs[k] = v
                 for rec in self._journal.records():
                     self._replay(g, rec)
+                self._write_table(g)
             if self.path.exists():
                 shutil.copymode(self.path, tmp)
             with open(tmp, "rb+") as f:
@@ -877,6 +919,8 @@ class GridFitHDF5Writer:
         if self.compression and m > 0:  # an empty dataset cannot be chunked
             kw = {"compression": self.compression, "compression_opts": self.compression_opts}
         g.create_dataset("index/m", data=np.arange(m, dtype=np.int64), **kw)
+        if self.ids is not None:
+            write_ids(g, self.ids, **kw)
         for name, dtype, fill, shape in self._fields:
             # chunks of at most 4096 rows and ~1 MiB (a wide PDF row is kilobytes)
             row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -896,6 +940,14 @@ class GridFitHDF5Writer:
         if self.stats_targets:
             g.create_dataset("stats/cov/keys", data=np.array(self.stats_targets, dtype="S"))
         return g
+
+    def _write_table(self, g: h5py.Group) -> None:
+        """The flat per-object table of the assembled rows (`jaxgrid.io.flat`)."""
+        kw = {}
+        if self.compression:
+            kw = {"compression": self.compression, "compression_opts": self.compression_opts}
+        written, status = read_index(g)
+        write_table(g, self.stats_targets, self.ids, written, status, self.units, **kw)
 
     def _replay(self, g: h5py.Group, rec: dict[str, np.ndarray]) -> None:
         rows = rec["rows"]
@@ -948,8 +1000,10 @@ def pending_note(path: str | Path, group: str) -> str:
 
 
 def read_fit_results(path: str | Path, group: str = "/fit_batch") -> dict[str, Any]:
-    """Read a whole result group back into nested dicts of NumPy arrays (format-2
-    names also for older files: ``index/written``, ``index/status``)."""
+    """Read a whole result group back into a dict of NumPy arrays keyed by dataset
+    path (format-2 names also for older files: ``index/written``, ``index/status``;
+    ``index/id``, when stored, as int64 or ``str``; the flat ``table`` is left out:
+    read it with `results_to_table` or astropy)."""
     out: dict[str, Any] = {}
     note = pending_note(path, group)
     if not Path(path).exists():
@@ -971,10 +1025,13 @@ def read_fit_results(path: str | Path, group: str = "/fit_batch") -> dict[str, A
         out["configuration"] = json.loads(g.attrs["configuration"])
 
         def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
+            # the flat table repeats the other datasets, for readers without jaxgrid
+            if isinstance(obj, h5py.Dataset) and not name.startswith(TABLE_DATASET):
                 out[name] = obj[...]
 
         g.visititems(visit)
         out["index/written"], out["index/status"] = read_index(g)
         out.pop("index/flags", None)
+        if ID_DATASET in g:
+            out[ID_DATASET] = read_ids(g)
     return out
