@@ -1,4 +1,4 @@
-"""The ``jaxgrid`` command line: ``fit``, ``demo``, ``info``.
+"""The ``jaxgrid`` command line: ``fit``, ``build-grid``, ``train-prior``, ``demo``, ``info``.
 
 User mistakes (missing file, unknown column, mismatched bands, bad option)
 print one line, ``jaxgrid: error: ...``, and exit with code 2; ``--debug``
@@ -54,26 +54,14 @@ class UserError(Exception):
     """A mistake in the command line or its inputs (exit code 2, one line)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="jaxgrid",
-        description="Bayesian inference over a precomputed model grid (JAX).",
-    )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+def _settable_epilog() -> str:
+    """The ``--set`` keys with their types, for ``jaxgrid fit --help``."""
+    width = max(map(len, SETTABLE))
+    lines = [f"  {k:<{width}}  {_type_word(v)}" for k, v in SETTABLE.items()]
+    return "--set KEY=VALUE keys (also the [fit] table of --config):\n" + "\n".join(lines)
 
-    f = sub.add_parser("fit", help="fit a catalog against a grid")
-    f.add_argument("--grid", required=True, help="grid file (.h5/.fits/.pkl)")
-    f.add_argument("--catalog", required=True, help="catalog (.fits or .h5)")
-    f.add_argument("--out", required=True, help="output file (.h5, or .fits with --format fits)")
-    f.add_argument("--config", help="TOML file: [columns], [fit] and [binner] tables")
-    f.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"fit_batch setting, e.g. posterior_keep_mass=0.95 ({len(SETTABLE)} keys)",
-    )
+
+def _add_column_options(f: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--observables",
         nargs="+",
@@ -86,8 +74,111 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=COLUMN",
         help="error columns (default: <value column>_err)",
     )
-    f.add_argument("--id-col", help="catalog id column")
     f.add_argument("--hdf5-group", help="catalog HDF5 group holding the columns")
+
+
+def _add_model_options(f: argparse.ArgumentParser) -> None:
+    """Inputs, likelihood and prior: shared by ``fit`` and ``train-prior``."""
+    from .photoz import INPUTS, NONDETECTIONS
+
+    g = f.add_argument_group("inputs, likelihood and prior")
+    g.add_argument(
+        "--inputs",
+        choices=list(INPUTS),
+        help="what the fit compares with the grid: "
+        + "; ".join(f"{k}: {v}" for k, v in INPUTS.items())
+        + " (default: magnitudes, or flux-columns with --limit-kind flux)",
+    )
+    g.add_argument(
+        "--zero-point",
+        type=float,
+        default=31.4,
+        help="AB zero point of the fluxes (--inputs fluxes, and the BPZ prior's reference "
+        "magnitude from a flux); 31.4 gives nJy (default)",
+    )
+    g.add_argument(
+        "--likelihood",
+        choices=["gaussian", "scaled"],
+        default="gaussian",
+        help="gaussian: fixed amplitude (GaussianProductLikelihood); scaled: free amplitude "
+        "(ScaledGaussianLikelihood, flux inputs)",
+    )
+    g.add_argument(
+        "--amplitude-mode",
+        choices=["profile", "marginal"],
+        help="free amplitude of --likelihood scaled: best fit or marginalised (default profile)",
+    )
+    g.add_argument(
+        "--nondetection",
+        choices=list(NONDETECTIONS),
+        default="censored",
+        help="non-detections: censored (probability below the limit) or zero_flux (flux 0 +- "
+        "the limit, BPZ's convention; flux inputs)",
+    )
+    g.add_argument(
+        "--error-floor-mag",
+        type=float,
+        default=0.0,
+        help="error floor in magnitudes, added in quadrature to detected bands",
+    )
+    g.add_argument(
+        "--prior",
+        default="flat",
+        metavar="flat|bpz-hdfn|FILE",
+        help="flat; the BPZ prior with the HDF-N parameters; or a prior file written by "
+        "jaxgrid train-prior",
+    )
+    g.add_argument(
+        "--prior-band",
+        metavar="NAME",
+        help="grid observable of the BPZ prior's reference magnitude (default: flux_i or "
+        "mag_i; a prior file: its own)",
+    )
+    g.add_argument(
+        "--broad-types",
+        metavar="B,B,...",
+        help="BPZ broad type (0 E/S0, 1 spiral, 2 irr/SB) of each template (default: the grid's "
+        "meta, else the bundled 8 templates' 0,1,1,2,2,2,2,2)",
+    )
+    g.add_argument(
+        "--limit-kind",
+        choices=["magnitude", "flux"],
+        help="what an upper limit means for this catalog's values (older spelling of --inputs "
+        "magnitudes / flux-columns)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
+    p = argparse.ArgumentParser(
+        prog="jaxgrid",
+        description="Bayesian inference over a precomputed model grid (JAX).",
+    )
+    p.add_argument("--version", action="version", version=f"jaxgrid {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser(
+        "fit",
+        help="fit a catalog against a grid",
+        epilog=_settable_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    f.add_argument("--grid", required=True, help="grid file (.h5/.fits/.pkl)")
+    f.add_argument("--catalog", required=True, help="catalog (.fits or .h5)")
+    f.add_argument("--out", required=True, help="output file (.h5, or .fits with --format fits)")
+    f.add_argument("--config", help="TOML file: [columns], [fit] and [binner] tables")
+    f.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"fit_batch setting, e.g. posterior_keep_mass=0.95 ({len(SETTABLE)} keys, listed "
+        "below with their types)",
+    )
+    _add_column_options(f)
+    f.add_argument("--id-col", help="catalog id column")
     f.add_argument(
         "--stats",
         nargs="+",
@@ -104,12 +195,66 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dry-run", action="store_true", help="validate and describe, compute nothing")
     f.add_argument("--format", choices=["hdf5", "fits", "qp"], default="hdf5")
     f.add_argument(
-        "--limit-kind",
-        choices=["magnitude", "flux"],
-        default="magnitude",
-        help="what an upper limit means for this catalog's values",
+        "--no-candidates",
+        action="store_true",
+        help="store no per-object candidate lists (always so with --format fits/qp)",
     )
+    f.add_argument(
+        "--keep-run-file",
+        action="store_true",
+        help="--format fits/qp: keep the HDF5 run file <stem>.<format>-run.h5 after the export",
+    )
+    _add_model_options(f)
     f.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    b = sub.add_parser("build-grid", help="template x filter x redshift grid file (photo-z)")
+    b.add_argument("--out", required=True, help="grid file (.h5/.hdf5 or .fits)")
+    b.add_argument(
+        "--bundled",
+        action="store_true",
+        help="the bundled 8 CWW+SB templates and LSST ugrizy filters (names flux_<b>)",
+    )
+    b.add_argument(
+        "--seds", nargs="+", metavar="FILE", help="template files (F_lambda), or one .list file"
+    )
+    b.add_argument("--filters", nargs="+", metavar="FILE", help="filter curves")
+    b.add_argument("--filter-names", nargs="+", metavar="NAME", help="observable names")
+    b.add_argument("--z-min", type=float, default=0.0)
+    b.add_argument("--z-max", type=float, default=3.0)
+    b.add_argument("--dz", type=float, default=0.01)
+    b.add_argument("--z-file", help="redshifts, one per line (instead of --z-min/max/dz)")
+    b.add_argument("--n-interp", type=int, default=0, help="templates interpolated per pair")
+    b.add_argument("--igm", choices=["madau95", "none"], default="madau95")
+    b.add_argument("--output", choices=["flux", "mag"], default="flux", help="observables")
+    b.add_argument("--broad-types", metavar="B,B,...", help="BPZ broad type of each template")
+    b.add_argument("--overwrite", action="store_true")
+
+    t = sub.add_parser(
+        "train-prior",
+        help="train the BPZ prior for the photo-z log score on a catalog with true redshifts",
+    )
+    t.add_argument("--grid", required=True, help="grid file (a template grid: targets z, type)")
+    t.add_argument("--catalog", required=True, help="training catalog (.fits or .h5)")
+    t.add_argument("--out", required=True, help="prior file (.json)")
+    t.add_argument("--z-col", default="redshift", help="true redshift column (default redshift)")
+    t.add_argument("--config", help="TOML file: its [columns] table (as for fit)")
+    _add_column_options(t)
+    t.add_argument(
+        "--stiffness",
+        type=float,
+        default=0.2,
+        help="Gaussian pull towards the starting parameters, per object (default 0.2)",
+    )
+    t.add_argument("--maxiter", type=int, default=200, help="L-BFGS iterations (default 200)")
+    t.add_argument(
+        "--free",
+        default="alpha,z0,km,f,k",
+        help="parameter groups to fit (f with k), comma-separated (default all)",
+    )
+    t.add_argument("--chunk-size", type=int, default=512, help="rows per likelihood chunk")
+    t.add_argument("--overwrite", action="store_true")
+    _add_model_options(t)
+    t.set_defaults(prior="bpz-hdfn")  # the starting point of the training
 
     d = sub.add_parser("demo", help="photo-z of the bundled DC2 sample; prints metrics")
     d.add_argument("--out", default="jaxgrid-demo", help="folder for the demo files")
@@ -321,15 +466,7 @@ def _check_output(path: Path, what: str) -> None:
         )
 
 
-def cmd_fit(args) -> int:
-    import numpy as np
-
-    from . import GridFitter, ModelGrid
-    from .binning import KDTreeBinner
-    from .io import read_catalog, results_to_table, to_qp, write_results
-    from .prob import GaussianProductLikelihood
-
-    config = _load_config(args.config)
+def _settings(args, config) -> dict[str, Any]:
     settings = dict(config.get("fit", {}))
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -340,18 +477,14 @@ def cmd_fit(args) -> int:
         settings[key] = _setting_from_text(key, value)
     if args.chunk_size is not None:  # --chunk-size 0 is refused like --set chunk_size=0
         settings["chunk_size"] = args.chunk_size
-    for path, what in ((args.grid, "grid"), (args.catalog, "catalog")):
-        if not Path(path).exists():
-            raise UserError(f"no such {what} file {path}")
-    out = Path(args.out)
-    # fits/qp are exported from an HDF5 run file kept beside them (it makes --resume work)
-    h5 = out if args.format == "hdf5" else out.with_name(f"{out.stem}.{args.format}-run.h5")
-    _check_output(out, "--out")
-    if h5 != out:
-        _check_output(h5, f"the run file of --format {args.format}")
-        if out.exists() and not (args.overwrite or args.resume):
-            raise UserError(f"--out {out} exists; pass --overwrite to replace it")
-    grid = _read("grid", args.grid, lambda: ModelGrid.load_auto(args.grid))
+    return settings
+
+
+def _read_columns(args, config, grid):
+    """The catalog as `read_catalog` reads it, with the columns of the command line /
+    config mapped to the grid's observables."""
+    from .io import read_catalog
+
     columns = config.get("columns", {})
     obs = (
         _pairs(args.observables, "observables")
@@ -372,24 +505,153 @@ def cmd_fit(args) -> int:
     missing_err = sorted(set(obs) - set(errs))
     if missing_err:
         raise UserError(f"no error column for {missing_err}; give --errors NAME=COLUMN")
-    cat = _read(
+    return _read(
         "catalog",
         args.catalog,
         lambda: read_catalog(
             args.catalog,
             obs,
             errs,
-            id_col=args.id_col or columns.get("id"),
+            id_col=getattr(args, "id_col", None) or columns.get("id"),
             grid=grid,
             hdf5_group=args.hdf5_group or columns.get("hdf5_group"),
         ),
     )
+
+
+def _inputs(args) -> str:
+    """``--inputs``, with the older ``--limit-kind`` as its default."""
+    implied = {"magnitude": "magnitudes", "flux": "flux-columns"}
+    if args.inputs is None:
+        return implied[args.limit_kind or "magnitude"]
+    if args.limit_kind is not None:
+        from .photoz import fit_space
+
+        if fit_space(args.inputs) != args.limit_kind:
+            raise UserError(
+                f"--limit-kind {args.limit_kind} contradicts --inputs {args.inputs}; drop "
+                "--limit-kind (--inputs says what the values are)"
+            )
+    return args.inputs
+
+
+def _broad_types(args, grid) -> list[int] | None:
+    if args.broad_types:
+        try:
+            return [int(b) for b in args.broad_types.split(",")]
+        except ValueError:
+            raise UserError(
+                f"--broad-types {args.broad_types!r}: expected integers 0/1/2 separated by "
+                "commas, one per template"
+            ) from None
+    meta = grid.meta if isinstance(grid.meta, dict) else {}
+    return meta.get("broad_types")
+
+
+def _model(args, grid, *, training: bool = False):
+    """``(likelihood, prior, inputs, use_standardised, warning)`` from the command line,
+    checked against the grid (the free-normalisation warning is printed by the caller, once
+    every input is checked: a mistake stays one line)."""
+    from .photoz import (
+        check_inputs,
+        default_band,
+        fit_space,
+        load_prior,
+        make_likelihood,
+        normalisation_warning,
+    )
+
+    inputs = _inputs(args)
+    check_inputs(grid, inputs)
+    if args.amplitude_mode is not None and args.likelihood != "scaled":
+        raise UserError("--amplitude-mode is an option of --likelihood scaled (free amplitude)")
+    lik = make_likelihood(
+        args.likelihood,
+        inputs,
+        amplitude_mode=args.amplitude_mode or "profile",
+        nondetection=args.nondetection,
+        error_floor_mag=args.error_floor_mag,
+    )
+    zp = args.zero_point if fit_space(inputs) == "flux" else None
+    prior = None
+    if args.prior == "flat":
+        if training:
+            raise UserError("train-prior trains a BPZ prior: --prior bpz-hdfn or a prior FILE")
+    elif args.prior == "bpz-hdfn":
+        from .prob import BPZPrior
+        from .prob.bpz import CWWSB4_BROAD_TYPES
+
+        prior = BPZPrior.for_grid(
+            grid,
+            default_band(grid, args.prior_band),
+            broad_types=_broad_types(args, grid) or CWWSB4_BROAD_TYPES,
+            flux_zero_point=zp,
+        )
+    else:
+        if not Path(args.prior).exists():
+            raise UserError(
+                f"--prior {args.prior!r}: neither flat, bpz-hdfn nor an existing prior file"
+            )
+        if args.broad_types:
+            raise UserError("--broad-types: a prior file holds its own broad types")
+        band = args.prior_band and default_band(grid, args.prior_band)
+        prior, _ = load_prior(args.prior, grid, ref_observable=band, flux_zero_point=zp)
+        default_band(grid, prior.ref_observable)  # the file's band must be in this grid
+    use_std = args.likelihood == "gaussian" and prior is None  # as before this option
+    return lik, prior, inputs, use_std, normalisation_warning(grid, args.likelihood, inputs)
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        print(f"jaxgrid: warning: {warning}", file=sys.stderr)
+
+
+def _fit_data(args, cat, inputs):
+    from .photoz import fit_arrays
+
+    return fit_arrays(
+        cat.X,
+        cat.SIG,
+        cat.upper,
+        inputs=inputs,
+        likelihood=args.likelihood,
+        nondetection=args.nondetection,
+        error_floor_mag=args.error_floor_mag,
+        zero_point=args.zero_point,
+    )
+
+
+def cmd_fit(args) -> int:
+    import numpy as np
+
+    from . import GridFitter, ModelGrid
+    from .binning import KDTreeBinner
+    from .io import results_to_table, to_qp, write_results
+
+    config = _load_config(args.config)
+    settings = _settings(args, config)
+    for path, what in ((args.grid, "grid"), (args.catalog, "catalog")):
+        if not Path(path).exists():
+            raise UserError(f"no such {what} file {path}")
+    out = Path(args.out)
+    # fits/qp are exported from an HDF5 run file beside them: it makes --resume work after
+    # an interruption, and is deleted after a successful export unless --keep-run-file
+    h5 = out if args.format == "hdf5" else out.with_name(f"{out.stem}.{args.format}-run.h5")
+    _check_output(out, "--out")
+    if h5 != out:
+        _check_output(h5, f"the run file of --format {args.format}")
+        if out.exists() and not (args.overwrite or args.resume):
+            raise UserError(f"--out {out} exists; pass --overwrite to replace it")
+    grid = _read("grid", args.grid, lambda: ModelGrid.load_auto(args.grid))
+    lik, prior, inputs, use_std, warning = _model(args, grid)
+    cat = _read_columns(args, config, grid)
+    X, SIG, upper = _fit_data(args, cat, inputs)
     names, bins = _stats(args.stats or config.get("stats", []), grid)
     binner = None
     if args.binner == "kdtree":
         bcfg = {"target_k": args.k, **config.get("binner", {})}
         binner = KDTreeBinner(dims=bcfg.pop("dims", list(range(grid.n_observables))), **bcfg)
-    fitter = GridFitter(grid, GaussianProductLikelihood(limit_kind=args.limit_kind))
+    fitter = GridFitter(grid, lik, prior, use_standardised=use_std)
     if args.format == "qp":
         settings["return_pdf_for_stats"] = True
         if not names:
@@ -398,26 +660,31 @@ def cmd_fit(args) -> int:
         binner=binner,
         stats_for=names or None,
         stats_bins=bins or None,
-        upper_limits=cat.upper,
+        upper_limits=upper,
         output_hdf5_path=h5,
         output_hdf5_overwrite=args.overwrite,
         resume=args.resume,
         verbose=not args.quiet,
+        # fits/qp export no candidate lists: the run file need not hold them
+        return_candidates=not (args.no_candidates or args.format != "hdf5"),
         **settings,
     )
     if args.dry_run:
         if binner is not None:
             binner.fit(grid)
-        fitter.fit_batch(cat.X, cat.SIG, dry_run=True, **kw)
+        fitter.fit_batch(X, SIG, dry_run=True, **kw)
+        _warn(warning)
         print(
-            f"jaxgrid fit (dry run): {cat.X.shape[0]:,} objects x {grid.n_models:,} models, "
-            f"observables {grid.observable_names}, stats {names or 'none'}, "
-            f"binner {args.binner}, output {out} ({args.format}); inputs are valid."
+            f"jaxgrid fit (dry run): {X.shape[0]:,} objects x {grid.n_models:,} models, "
+            f"observables {grid.observable_names} ({inputs}), likelihood {args.likelihood}, "
+            f"prior {args.prior}, stats {names or 'none'}, binner {args.binner}, output {out} "
+            f"({args.format}); inputs are valid."
         )
         return 0
+    _warn(warning)
     if binner is not None:
         binner.fit(grid)
-    fitter.fit_batch(cat.X, cat.SIG, output_hdf5_write_only=True, **kw)
+    fitter.fit_batch(X, SIG, output_hdf5_write_only=True, **kw)
     group = settings.get("output_hdf5_group", "/fit_batch")
     if args.format == "fits":
         table = results_to_table(
@@ -434,9 +701,177 @@ def cmd_fit(args) -> int:
             print(f"  {name}: {target_out}")
     table = results_to_table(h5, group=group)
     status = np.asarray(table["status"])
+    kept = ""
+    if h5 != out:
+        if args.keep_run_file:
+            kept = f"; run file {h5} kept"
+        else:
+            h5.unlink()  # exported: the run file was only there for --resume
     print(
         f"jaxgrid fit: {len(table):,} objects written to {out} ({args.format}); "
-        f"{int(np.sum(status == 0)):,} ok, {int(np.sum(status != 0)):,} flagged"
+        f"{int(np.sum(status == 0)):,} ok, {int(np.sum(status != 0)):,} flagged{kept}"
+    )
+    return 0
+
+
+def _z_grid(args):
+    import numpy as np
+
+    from .photoz import redshift_grid
+
+    if args.z_file:
+        path = Path(args.z_file)
+        if not path.exists():
+            raise UserError(f"no such --z-file {path}")
+        try:
+            z = np.loadtxt(path, comments="#", ndmin=1).astype(np.float64).reshape(-1)
+        except ValueError as err:
+            raise UserError(f"--z-file {path}: not a column of numbers ({err})") from None
+        return z
+    return redshift_grid(args.z_min, args.z_max, args.dz)
+
+
+def cmd_build_grid(args) -> int:
+    from .photoz import BUNDLED_BANDS, build_grid, bundled_filters, bundled_templates, read_sed_list
+    from .prob.bpz import CWWSB4_BROAD_TYPES
+
+    out = Path(args.out)
+    _check_output(out, "--out")
+    suffix = out.name.lower()
+    if not suffix.endswith((".h5", ".hdf5", ".fits", ".fit", ".fts")):
+        raise UserError(f"--out {out}: use a .h5/.hdf5 or .fits grid file name")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"--out {out} exists; pass --overwrite to replace it")
+    if args.bundled and (args.seds or args.filters):
+        raise UserError("--bundled uses the bundled templates and filters: drop --seds/--filters")
+    if not args.bundled and not (args.seds and args.filters):
+        raise UserError("give --seds and --filters, or --bundled for the bundled ones")
+    broad = None
+    if args.bundled:
+        seds, filters = bundled_templates(), bundled_filters()
+        prefix = "flux" if args.output == "flux" else "mag"
+        names = args.filter_names or [f"{prefix}_{b}" for b in BUNDLED_BANDS]
+        broad = list(CWWSB4_BROAD_TYPES)
+    else:
+        seds = [Path(s) for s in args.seds]
+        if len(seds) == 1 and seds[0].suffix == ".list":
+            seds = read_sed_list(seds[0])
+        for path in [*seds, *map(Path, args.filters)]:
+            if not path.exists():
+                raise UserError(f"no such template or filter file {path}")
+        filters = [Path(f) for f in args.filters]
+        names = args.filter_names
+    if args.broad_types:
+        broad = _broad_types(args, None)
+    z = _z_grid(args)
+    grid = build_grid(
+        seds,
+        filters,
+        z,
+        n_interp=args.n_interp,
+        igm=None if args.igm == "none" else args.igm,
+        output=args.output,
+        filter_names=names,
+        broad_types=broad,
+    )
+    if suffix.endswith((".h5", ".hdf5")):
+        grid.to_hdf5(out, overwrite=args.overwrite)
+    else:
+        grid.to_fits_table(out, overwrite=args.overwrite)
+    print(
+        f"jaxgrid build-grid: {grid.n_models:,} models ({len(seds)} templates, "
+        f"{args.n_interp} interpolated per pair, {z.size} redshifts {z.min():g}-{z.max():g}, "
+        f"IGM {args.igm}) x {grid.n_observables} bands {grid.observable_names} "
+        f"({args.output}) written to {out}"
+    )
+    return 0
+
+
+def cmd_train_prior(args) -> int:
+    import numpy as np
+
+    from . import GridFitter, ModelGrid
+    from ._version import __version__
+    from .photoz import read_column, save_prior, training_selection
+
+    out = Path(args.out)
+    _check_output(out, "--out")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"--out {out} exists; pass --overwrite to replace it")
+    for path, what in ((args.grid, "grid"), (args.catalog, "catalog")):
+        if not Path(path).exists():
+            raise UserError(f"no such {what} file {path}")
+    free = tuple(x.strip() for x in args.free.split(",") if x.strip())
+    grid = _read("grid", args.grid, lambda: ModelGrid.load_auto(args.grid))
+    lik, start, inputs, _, warning = _model(args, grid, training=True)
+    config = _load_config(args.config)
+    other = sorted(k for k in config if k != "columns" and config[k])
+    if other:
+        raise UserError(f"--config {args.config}: train-prior reads only [columns], not {other}")
+    cat = _read_columns(args, config, grid)
+    X, SIG, upper = _fit_data(args, cat, inputs)
+    group = args.hdf5_group or config.get("columns", {}).get("hdf5_group")
+    z_true = read_column(args.catalog, args.z_col, group)
+    if z_true.size != X.shape[0]:
+        raise UserError(f"--z-col {args.z_col}: {z_true.size} values for {X.shape[0]} objects")
+    _warn(warning)
+    keep, excluded = training_selection(z_true, start.z_grid)
+    zg = np.asarray(start.z_grid, np.float64)
+    reasons = {
+        "nearest_z0": "true z nearest the grid's z = 0, where the BPZ prior is 0",
+        "outside": f"true z outside the grid's redshifts [{zg[0]:g}, {zg[-1]:g}]",
+        "not_finite": "no finite true z",
+    }
+    for key, n in excluded.items():
+        if n:
+            print(f"jaxgrid train-prior: {n:,} objects left out: {reasons[key]}")
+    fitter = GridFitter(grid, lik, start, use_standardised=False)
+    up = None if upper is None else upper[keep]
+    trained = start.fit_photoz(
+        fitter,
+        X[keep],
+        SIG[keep],
+        z_true[keep],
+        up,
+        maxiter=args.maxiter,
+        chunk_size=args.chunk_size,
+        free=free,
+        stiffness=args.stiffness,
+    )
+    meta = grid.meta if isinstance(grid.meta, dict) else {}
+    trained_on = {
+        "catalog": str(Path(args.catalog).resolve()),
+        "hdf5_group": group,
+        "z_col": args.z_col,
+        "n_objects": int(X.shape[0]),
+        "n_used": int(keep.sum()),
+        "excluded": excluded,
+        "grid": {
+            "file": str(Path(args.grid).resolve()),
+            "n_models": grid.n_models,
+            "observables": list(grid.observable_names),
+            **{
+                k: meta[k]
+                for k in ("templates", "n_interp", "igm", "z_min", "z_max", "n_z")
+                if k in meta
+            },
+        },  # fmt: skip
+        "inputs": inputs,
+        "zero_point": args.zero_point,
+        "likelihood": args.likelihood,
+        "amplitude_mode": args.amplitude_mode or "profile",
+        "nondetection": args.nondetection,
+        "error_floor_mag": args.error_floor_mag,
+        "start": args.prior,
+        "stiffness": args.stiffness,
+        "maxiter": args.maxiter,
+        "free": list(free),
+        "jaxgrid": __version__,
+    }
+    save_prior(trained, out, trained_on)
+    print(
+        f"jaxgrid train-prior: BPZ prior trained on {int(keep.sum()):,} of {X.shape[0]:,} "
+        f"objects (reference band {trained.ref_observable}) written to {out}"
     )
     return 0
 
@@ -526,7 +961,13 @@ def _describe_grid(grid, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"fit": cmd_fit, "demo": cmd_demo, "info": cmd_info}[args.command]
+    handler = {
+        "fit": cmd_fit,
+        "build-grid": cmd_build_grid,
+        "train-prior": cmd_train_prior,
+        "demo": cmd_demo,
+        "info": cmd_info,
+    }[args.command]
     from .io import OutputInUseError
 
     try:
