@@ -53,3 +53,13 @@ def _checked_chunk_steps():
         yield
     finally:
         run.chunk_step = original
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Drop JAX's compiled executables after each test module. Without it one pytest
+    process of the whole suite holds thousands of XLA:CPU executables, each with its own
+    memory mappings, and runs into the kernel's ``vm.max_map_count`` (65530): the next
+    compilation then segfaults inside XLA (seen at test 614 of 619)."""
+    yield
+    jax.clear_caches()
