@@ -20,11 +20,9 @@ matplotlib.use("Agg")  # a script writing files: no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxgrid import GridFitter  # noqa: E402
-from jaxgrid.demo import photoz_setup  # noqa: E402
+from jaxgrid.demo import PHOTOZ_EDGES, photoz_fit, photoz_setup  # noqa: E402
 from jaxgrid.metrics import pit_from_binned  # noqa: E402
 from jaxgrid.plots import pit_histogram, plot_posterior_over_target, zphot_vs_ztrue  # noqa: E402
-from jaxgrid.prob import BPZPrior, ScaledGaussianLikelihood  # noqa: E402
 
 HERE = Path(__file__).parent
 DPI = 110
@@ -32,26 +30,8 @@ DPI = 110
 
 def main() -> None:
     grid, F, SF, upper, z_true, _ = photoz_setup(n_interp=5)
-    lik = ScaledGaussianLikelihood(mode="profile", nondetection="zero_flux", error_floor_mag=0.1)
-    prior = BPZPrior.hdfn(grid, "flux_i", flux_zero_point=31.4)
-    fitter = GridFitter(grid, lik, prior, use_standardised=False)
-    edges = np.round(np.arange(-0.005, 3.0051, 0.01), 6)
-    chunks = list(
-        fitter.fit_batch(
-            F,
-            SF,
-            upper_limits=upper,
-            stats_for=["z"],
-            stats_bins=[edges],
-            return_pdf_for_stats=True,
-            posterior_keep_mass=1.0,
-            return_candidates=False,
-            return_mode="chunks",
-            verbose=False,
-        )
-    )
-    zmode = np.concatenate([c["map"][:, 0] for c in chunks])
-    pdf = np.concatenate([c["pdf"][0] for c in chunks])
+    fit = photoz_fit(grid, F, SF, upper)
+    zmode, pdf, fitter, edges = fit["zmode"], fit["pdf"], fit["fitter"], PHOTOZ_EDGES
     pit = pit_from_binned(edges, pdf, z_true)
 
     ax = zphot_vs_ztrue(z_true, zmode, zmax=3.0)  # 10,225 objects: hexbin density
