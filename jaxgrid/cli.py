@@ -596,7 +596,12 @@ def _model(args, grid, *, training: bool = False):
             raise UserError("--broad-types: a prior file holds its own broad types")
         band = args.prior_band and default_band(grid, args.prior_band)
         prior, _ = load_prior(args.prior, grid, ref_observable=band, flux_zero_point=zp)
-        default_band(grid, prior.ref_observable)  # the file's band must be in this grid
+        if prior.ref_observable not in grid.observable_names:
+            raise UserError(
+                f"--prior {args.prior}: the prior's reference band {prior.ref_observable!r} is "
+                f"not an observable of this grid {grid.observable_names}; pass --prior-band "
+                "NAME, or train a prior for this grid (jaxgrid train-prior)"
+            )
     use_std = args.likelihood == "gaussian" and prior is None  # as before this option
     return lik, prior, inputs, use_std, normalisation_warning(grid, args.likelihood, inputs)
 
@@ -645,6 +650,16 @@ def cmd_fit(args) -> int:
     grid = _read("grid", args.grid, lambda: ModelGrid.load_auto(args.grid))
     lik, prior, inputs, use_std, warning = _model(args, grid)
     cat = _read_columns(args, config, grid)
+    if (
+        args.format == "fits"
+        and cat.ids is not None
+        and cat.ids.dtype.kind == "U"
+        and not all(v.isascii() for v in cat.ids.tolist())
+    ):  # FITS text is ASCII: refuse before the fit, not after it
+        raise UserError(
+            f"--id-col {args.id_col}: non-ASCII ids cannot go into a FITS table; use "
+            "--format hdf5 (its <group>/table reads with astropy) or ASCII ids"
+        )
     X, SIG, upper = _fit_data(args, cat, inputs)
     names, bins = _stats(args.stats or config.get("stats", []), grid)
     binner = None
@@ -661,6 +676,7 @@ def cmd_fit(args) -> int:
         stats_for=names or None,
         stats_bins=bins or None,
         upper_limits=upper,
+        ids=cat.ids,
         output_hdf5_path=h5,
         output_hdf5_overwrite=args.overwrite,
         resume=args.resume,
@@ -690,7 +706,6 @@ def cmd_fit(args) -> int:
         table = results_to_table(
             h5,
             group=group,
-            ids=cat.ids,
             units=grid.meta.get("units") if isinstance(grid.meta, dict) else None,
         )
         write_results(table, out, overwrite=True)

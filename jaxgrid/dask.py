@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .core.schema import table_columns, table_from_chunks, target_columns
+from .io.flat import as_ids
 
 if TYPE_CHECKING:
     from .prob.likelihoods import AbstractLikelihood
@@ -483,7 +484,7 @@ def _ids(df, col: str):
                 f"{values[values != np.round(values)][:3].tolist()}); ids must be integers or "
                 "strings."
             )
-    return ids.to_numpy().astype(np.int64)
+    return as_ids(ids.to_numpy(), name=f"id column {col!r}")
 
 
 def output_meta(spec: FitSpec, columns: Columns, id_dtype: Any = "int64"):

@@ -214,7 +214,13 @@ def training_selection(z_true: Any, z_grid: Any) -> tuple[np.ndarray, dict[str, 
     finite = np.isfinite(z)
     zf = np.where(finite, z, 0.0)
     inside = finite & (zf >= zg[0] - step / 2) & (zf <= zg[-1] + step / 2)
-    nearest = zg[np.abs(zf[:, None] - zg[None, :]).argmin(1)]
+    # nearest grid redshift (ties to the lower one), without an (N, G) array
+    if zg.size == 1:
+        nearest = np.full_like(zf, zg[0])
+    else:
+        hi = np.clip(np.searchsorted(zg, zf), 1, zg.size - 1)
+        lo = hi - 1
+        nearest = np.where(np.abs(zf - zg[lo]) <= np.abs(zg[hi] - zf), zg[lo], zg[hi])
     at_zero = inside & (nearest <= 0)
     keep = inside & ~at_zero
     excluded = {

@@ -44,6 +44,7 @@ from rail.estimation.estimator import CatEstimator
 from rail.estimation.informer import CatInformer
 
 from ._version import __version__
+from .photoz import read_sed_list, training_selection
 from .prob.bpz import CWWSB4_BROAD_TYPES, HDFN
 
 __all__ = ["JaxgridInformer", "JaxgridEstimator", "MODEL_KIND", "magnitudes_to_rail_fluxes"]
@@ -139,7 +140,7 @@ def _recipe(cfg, n_interp: int) -> dict[str, Any]:
         raise FileNotFoundError(
             f"jaxgrid RAIL stage: `sed_list` {cfg.sed_list!r} is not a file in `sed_dir` {sed_dir}."
         )
-    seds = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    seds = [path.name for path in read_sed_list(list_file)]
     if len(cfg.broad_types) != len(seds):
         raise ValueError(
             f"jaxgrid RAIL stage: `broad_types` has {len(cfg.broad_types)} entries for the "
@@ -283,13 +284,9 @@ class JaxgridInformer(CatInformer):
         grid = _build_grid(recipe)
         F, SF, U = magnitudes_to_rail_fluxes(data, cfg)
         z = np.asarray(data[cfg.redshift_col], np.float64)
-        zg = np.asarray(recipe["z"])
-        half = 0.5 * (zg[1] - zg[0])
-        nearest = np.clip(np.rint((z - zg[0]) / (2 * half)), 0, zg.size - 1).astype(int)
-        inside = np.isfinite(z) & (z >= zg[0] - half) & (z <= zg[-1] + half)
-        # the prior is -inf at z = 0: an object whose nearest grid redshift is 0 would
-        # make the log score -inf
-        ok = inside & (zg[nearest] > 0)
+        # off the z grid, NaN, or nearest grid redshift 0 (the prior is -inf there, so the
+        # log score would be -inf): left out and counted
+        ok, excluded = training_selection(z, recipe["z"])
         hdfn = _bpz_prior(grid, recipe)
         fitter = GridFitter(grid, _likelihood(cfg), hdfn, use_standardised=False)
         fit = hdfn.fit_photoz(
@@ -306,8 +303,9 @@ class JaxgridInformer(CatInformer):
             "trained": True,
             "n_objects": int(z.size),
             "n_used": int(ok.sum()),
-            "n_outside_grid": int((~inside).sum()),
-            "n_at_z0": int((inside & ~ok).sum()),
+            "n_outside_grid": excluded["outside"] + excluded["not_finite"],
+            "n_not_finite": excluded["not_finite"],
+            "n_at_z0": excluded["nearest_z0"],
             "n_interp": int(recipe["n_interp"]),
             "stiffness": float(cfg.stiffness),
             "maxiter": int(cfg.maxiter),

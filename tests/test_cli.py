@@ -141,7 +141,7 @@ def test_fit_fits_qp_resume_and_config(demo_files, tmp_path):
     import qp
 
     ens = qp.read(str(tmp_path / "res_logM.qp.hdf5"))
-    assert ens.npdf == 300 and "zmode" in ens.ancil
+    assert ens.npdf == 300 and "logM_mode" in ens.ancil and "zmode" not in ens.ancil
     assert "res_logM.qp.hdf5" in proc.stdout
     # resume: a finished file resumes to a no-op; a different setting is refused
     h5 = tmp_path / "r.h5"

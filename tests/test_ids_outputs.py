@@ -285,7 +285,9 @@ def test_ids_survive_an_interrupted_run_and_resume(runs, kind, tmp_path):
     for wrong, what in ((other, "ids"), (None, "no ids")):
         with pytest.raises(ValueError, match=what):
             fitter.fit_batch(X, S, ids=wrong, **write)
-    fitter.fit_batch(X, S, ids=ids, **write)
+    # the same ids in another form (a wider string dtype, a list) resume the run
+    same = ids.astype(f"U{ids.dtype.itemsize // 4 + 5}") if kind == "str" else ids.tolist()
+    fitter.fit_batch(X, S, ids=same, **write)
     assert not journal_path(path, "/fit_batch").exists()
     assert_same_file(path, runs[kind]["path"])
     np.testing.assert_array_equal(read_fit_results(path)["index/id"], ids)
@@ -320,3 +322,45 @@ def test_bad_ids_are_refused_before_any_file(tmp_path):
     assert t["id"].dtype == np.int64
     t = fitter.fit_batch(X, S, ids=np.char.encode(STR_IDS, "utf-8"), return_mode="table", **KW)
     assert t["id"].tolist() == STR_IDS.tolist()
+
+
+def test_ids_override_and_catalog_ids_are_checked(runs, tmp_path):
+    """An ``ids=`` override that does not cover every row, and a catalog id column with
+    missing (masked) entries, are refused naming the argument; the CLI's --id-col ids
+    reach the result file, its flat table and the qp ancil."""
+    from astropy.table import MaskedColumn
+
+    from jaxgrid.cli import main
+    from jaxgrid.io import read_catalog
+
+    with pytest.raises(ValueError, match="`ids` has 5 entries"):
+        results_to_table(runs["int"]["path"], ids=INT_IDS[:5])
+    with pytest.raises(ValueError, match="`ids` has 5 entries"):
+        to_qp(runs["int"]["path"], "z", ids=INT_IDS[:5])
+    cols = {"a": np.ones(4), "a_err": np.full(4, 0.1)}
+    cols["id"] = MaskedColumn([1, 2, 3, 4], mask=[False, True, False, False])
+    with pytest.raises(ValueError, match="id column 'id'.*masked"):
+        read_catalog(cols, ["a"], {"a": "a_err"}, id_col="id")
+
+    fitter, X, S = problem()
+    cat_path = tmp_path / "cat.h5"
+    with h5py.File(cat_path, "w") as f:  # columns in a group, ids as UTF-8 bytes
+        for i, n in enumerate("abc"):
+            f[f"data/{n}"], f[f"data/{n}_err"] = X[:, i], S[:, i]
+        f["data/objid"] = np.char.encode(STR_IDS, "utf-8")
+    out = tmp_path / "fit.h5"
+    argv = ["fit", "--grid", str(tmp_path / "grid.h5"), "--catalog", str(cat_path)]
+    fitter.grid.to_hdf5(tmp_path / "grid.h5")
+    common = ["--hdf5-group", "data", "--id-col", "objid", "--stats", "z:0:3:15", "--quiet"]
+    assert main([*argv, "--out", str(out), *common]) == 0
+    np.testing.assert_array_equal(read_fit_results(out)["index/id"], STR_IDS)
+    flat = Table.read(out, path="fit_batch/table", character_as_bytes=False)
+    np.testing.assert_array_equal(flat["id"], STR_IDS)
+    qp_out = tmp_path / "pz.qp"
+    assert main([*argv, "--out", str(qp_out), "--format", "qp", *common]) == 0
+    ens = __import__("qp").read(str(tmp_path / "pz_z.qp.hdf5"))
+    assert ens.ancil["id"].tolist() == STR_IDS[ens.ancil["m"]].tolist()
+    # FITS cannot hold these (non-ASCII) ids: refused before the fit, naming --id-col
+    fits_out = tmp_path / "fit.fits"
+    assert main([*argv, "--out", str(fits_out), "--format", "fits", *common]) == 2
+    assert not fits_out.exists()

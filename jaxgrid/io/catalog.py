@@ -31,6 +31,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .flat import as_ids
+
 __all__ = ["ValueFlag", "SentinelPolicy", "Catalog", "read_catalog"]
 
 
@@ -312,5 +314,5 @@ def read_catalog(
     if id_col is not None:
         if id_col not in cols:
             raise KeyError(f"read_catalog: unknown id column {id_col!r}; columns: {sorted(cols)}.")
-        ids = np.asarray(np.ma.getdata(cols[id_col])).reshape(-1)
+        ids = as_ids(np.ma.asarray(cols[id_col]).reshape(-1), name=f"id column {id_col!r}")
     return Catalog(X, SIG, ids, flags, upper, names)

@@ -30,7 +30,7 @@ from ..core.schema import (
     table_columns,
     table_from_chunks,
 )
-from .flat import as_ids, read_ids
+from .flat import as_ids, ids_for_rows, read_ids
 from .results import pending_note, read_index
 
 logger = logging.getLogger("jaxgrid")
@@ -133,7 +133,7 @@ def results_to_table(
     t["m"] = cols.pop("m")
     stored = cols.pop("id", None)
     if ids is not None:
-        t["id"] = as_ids(ids)[np.asarray(t["m"])]
+        t["id"] = ids_for_rows(ids, np.asarray(t["m"]))
     elif stored is not None:
         t["id"] = stored
     for k, v in cols.items():
@@ -312,7 +312,7 @@ def to_qp(
         )
     m = np.asarray(m, np.int64)
     if ids is not None:
-        stored = as_ids(ids)[m]
+        stored = ids_for_rows(ids, m)
     elif stored is not None:
         stored = as_ids(stored)
     good = np.all(np.isfinite(pdfs), axis=1)

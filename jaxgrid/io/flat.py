@@ -24,7 +24,15 @@ import numpy as np
 
 from ..core.schema import FIELDS, TABLE_FIELDS, TARGET_FIELDS
 
-__all__ = ["ID_DATASET", "TABLE_DATASET", "as_ids", "ids_digest", "write_ids", "read_ids"]
+__all__ = [
+    "ID_DATASET",
+    "TABLE_DATASET",
+    "as_ids",
+    "ids_for_rows",
+    "ids_digest",
+    "write_ids",
+    "read_ids",
+]
 
 ID_DATASET = "index/id"
 TABLE_DATASET = "table"
@@ -89,13 +97,31 @@ def _from_objects(a: np.ndarray, name: str) -> np.ndarray:
     raise TypeError(f"`{name}` must be all integers or all strings, got {kinds}.")
 
 
+def ids_for_rows(ids: Any, m: np.ndarray, name: str = "ids") -> np.ndarray:
+    """``ids`` (one per catalog row) picked at the catalog rows ``m``; refuses, naming
+    ``name``, ids that do not cover every row."""
+    a = as_ids(ids, name=name)
+    m = np.asarray(m, np.int64)
+    if m.size and int(m.max()) >= a.shape[0]:
+        raise ValueError(
+            f"`{name}` has {a.shape[0]} entries but the results hold catalog row "
+            f"{int(m.max())}; give one id per catalog row."
+        )
+    return a[m]
+
+
 def ids_digest(ids: np.ndarray | None) -> dict[str, Any] | None:
     """A short JSON-able fingerprint of (normalised) ids: kind, count and SHA-256."""
     if ids is None:
         return None
-    h = hashlib.sha256(ids.dtype.str.encode())
-    h.update(np.ascontiguousarray(ids).tobytes())
     kind = "int" if ids.dtype.kind == "i" else "str"
+    h = hashlib.sha256(kind.encode())
+    if kind == "int":
+        h.update(np.ascontiguousarray(ids, "<i8").tobytes())
+    else:  # UTF-8 with a length before each id: the same ids give the same digest
+        for v in ids.tolist():  # whatever the width of the NumPy string dtype
+            b = v.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little") + b)
     return {"kind": kind, "n": int(ids.size), "sha256": h.hexdigest()}
 
 
