@@ -280,6 +280,16 @@ def test_training_selection_counts_each_reason():
     keep, why = training_selection([np.nan, 0.04, 0.06, 0.5, 1.04, 1.2, -0.2], zg)
     np.testing.assert_array_equal(keep, [False, False, True, True, True, False, False])
     assert why == {"not_finite": 1, "outside": 2, "nearest_z0": 1}
+    # against the brute-force nearest grid point, on random z (ties exact on the grid)
+    rng = np.random.default_rng(3)
+    zg = np.round(np.arange(0.0, 3.0001, 0.01), 6)
+    z = np.concatenate([rng.uniform(-0.1, 3.1, 4000), zg, [np.inf, -np.inf, np.nan]])
+    keep, why = training_selection(z, zg)
+    with np.errstate(invalid="ignore"):
+        near = zg[np.abs(np.nan_to_num(z)[:, None] - zg[None, :]).argmin(1)]
+        inside = np.isfinite(z) & (z >= -0.005) & (z <= 3.005)
+    np.testing.assert_array_equal(keep, inside & (near > 0))
+    assert why["not_finite"] == 3 and why["outside"] == int(np.sum(np.isfinite(z) & ~inside))
 
 
 def test_fit_arrays_against_the_formulas():
