@@ -23,7 +23,11 @@ from jaxgrid.prob import GaussianPrior1D, GaussianProductLikelihood
 def _chunks(fitter, X, S, **kw):
     kw.setdefault("verbose", False)
     res = list(fitter.fit_batch(X, S, return_mode="chunks", **kw))
-    return {k: np.concatenate([r[k] for r in res]) for k in res[0] if k not in ("pdf", "stats_for")}
+    return {
+        k: np.concatenate([r[k] for r in res])
+        for k in res[0]
+        if k not in ("pdf", "stats_for", "stats_bins")
+    }
 
 
 def _ref_log_weights(grid, fitter, x, s):
