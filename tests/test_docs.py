@@ -108,7 +108,9 @@ def _resolve(name: str):
 def _api_names(text: str) -> set[str]:
     """``jaxgrid.x.y`` names inside inline code (`...`) of a Markdown page."""
     inline = re.findall(r"`([^`\n]+)`", FENCED.sub("", text))
-    return {n.rstrip(".") for span in inline for n in re.findall(r"\bjaxgrid\.[\w.]+", span)}
+    # not a name inside another dotted name (rail.estimation.algos.jaxgrid.X) or a string
+    pattern = r"(?<![\w.\"'])jaxgrid\.[\w.]+"
+    return {n.rstrip(".") for span in inline for n in re.findall(pattern, span)}
 
 
 @pytest.mark.parametrize("page", DOCS, ids=lambda p: p.name)
@@ -128,6 +130,8 @@ def test_api_name_check_catches_a_wrong_name():
     assert _api_names("see `jaxgrid.metrics.pit_ks(pit)` and\n```\njaxgrid.nope\n```") == {
         "jaxgrid.metrics.pit_ks"
     }
+    assert _api_names('`rail.estimation.algos.jaxgrid.JaxgridInformer`, `"jaxgrid.kind"`') == set()
+    assert _api_names("`(jaxgrid.nope)`") == {"jaxgrid.nope"}
     _resolve("jaxgrid.metrics.pit_ks")
     with pytest.raises(AttributeError):
         _resolve("jaxgrid.metrics.pit_kss")
