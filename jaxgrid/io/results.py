@@ -76,7 +76,16 @@ import numpy as np
 
 from ..core.schema import TARGET_STATS, TRUNCATION_FIELDS, hdf5_datasets
 from ..core.status import is_bad
-from .flat import ID_DATASET, TABLE_DATASET, as_ids, ids_digest, read_ids, write_ids, write_table
+from .flat import (
+    ID_DATASET,
+    TABLE_DATASET,
+    as_ids,
+    ids_digest,
+    read_ids,
+    table_columns_of,
+    write_ids,
+    write_table,
+)
 
 __all__ = [
     "GridFitHDF5Writer",
@@ -873,7 +882,9 @@ class GridFitHDF5Writer:
             np.dtype(dt).itemsize * int(np.prod(shape, dtype=np.int64))
             for _, dt, _, shape in self._fields
         )
-        return self.n_rows * (row_bytes + 64) + 2**20
+        # the flat <group>/table repeats the per-object columns (one compound row each)
+        table = np.dtype([(c, dt) for c, _, dt in table_columns_of(self.stats_targets, self.ids)])
+        return self.n_rows * (row_bytes + table.itemsize + 64) + 2**20
 
     def _assemble(self) -> None:
         others, attrs = self._existing()
