@@ -215,6 +215,16 @@ def photoz_setup(
     return grid, F, SF, upper, z_true, cat.ids
 
 
+_PHOTOZ_FIXED = {
+    "stats_for",
+    "stats_bins",
+    "return_pdf_for_stats",
+    "posterior_keep_mass",
+    "return_candidates",
+    "return_mode",
+    "upper_limits",
+    "resume",
+}
 PHOTOZ_EDGES = np.round(np.arange(-0.005, 3.0051, 0.01), 6)  #: bins centred on the z grid
 
 
@@ -227,6 +237,12 @@ def photoz_fit(grid, F, SF, upper, *, verbose: bool = False, **fit_kwargs) -> di
     from .fitter import GridFitter
     from .prob import BPZPrior, ScaledGaussianLikelihood
 
+    fixed = sorted(set(fit_kwargs) & _PHOTOZ_FIXED)
+    if fixed:  # resume would return only the redone rows: zmode/pdf would not match F
+        raise ValueError(
+            f"photoz_fit: {fixed} are set by the recipe (or, for resume, would return only "
+            "the recomputed rows); call GridFitter.fit_batch directly for those."
+        )
     lik = ScaledGaussianLikelihood(mode="profile", nondetection="zero_flux", error_floor_mag=0.1)
     prior = BPZPrior.hdfn(grid, "flux_i", flux_zero_point=31.4)
     fitter = GridFitter(grid, lik, prior, use_standardised=False)
