@@ -667,10 +667,15 @@ def cmd_fit(args) -> int:
         bcfg = {"target_k": args.k, **config.get("binner", {})}
         binner = KDTreeBinner(dims=bcfg.pop("dims", list(range(grid.n_observables))), **bcfg)
     fitter = GridFitter(grid, lik, prior, use_standardised=use_std)
+    qp_files = {name: out.with_name(f"{out.stem}_{name}.qp.hdf5") for name in names}
     if args.format == "qp":
         settings["return_pdf_for_stats"] = True
         if not names:
             raise UserError("--format qp needs --stats (the PDFs to export)")
+        for path in qp_files.values():  # what --format qp writes (not --out itself)
+            _check_output(path, "--format qp output")
+            if path.exists() and not (args.overwrite or args.resume):
+                raise UserError(f"{path} exists; pass --overwrite to replace it")
     kw = dict(
         binner=binner,
         stats_for=names or None,
@@ -710,8 +715,7 @@ def cmd_fit(args) -> int:
         )
         write_results(table, out, overwrite=True)
     elif args.format == "qp":
-        for name in names:
-            target_out = out.with_name(f"{out.stem}_{name}.qp.hdf5")
+        for name, target_out in qp_files.items():
             to_qp(h5, name, group=group).write_to(str(target_out))
             print(f"  {name}: {target_out}")
     table = results_to_table(h5, group=group)
@@ -722,8 +726,9 @@ def cmd_fit(args) -> int:
             kept = f"; run file {h5} kept"
         else:
             h5.unlink()  # exported: the run file was only there for --resume
+    where = ", ".join(map(str, qp_files.values())) if args.format == "qp" else out
     print(
-        f"jaxgrid fit: {len(table):,} objects written to {out} ({args.format}); "
+        f"jaxgrid fit: {len(table):,} objects written to {where} ({args.format}); "
         f"{int(np.sum(status == 0)):,} ok, {int(np.sum(status != 0)):,} flagged{kept}"
     )
     return 0

@@ -143,6 +143,13 @@ def test_fit_fits_qp_resume_and_config(demo_files, tmp_path):
     ens = qp.read(str(tmp_path / "res_logM.qp.hdf5"))
     assert ens.npdf == 300 and "logM_mode" in ens.ancil and "zmode" not in ens.ancil
     assert "res_logM.qp.hdf5" in proc.stdout
+    assert f"written to {tmp_path / 'res_logM.qp.hdf5'} (qp)" in proc.stdout
+    assert not qp_out.exists()  # --format qp writes its per-target files, not --out
+    # the qp file exists: not replaced without --overwrite (before any fit)
+    again = [*fit_inputs(demo_files), "--out", qp_out, "--config", cfg, "--format", "qp"]
+    proc = jaxgrid(*again, "--quiet", check=False)
+    assert proc.returncode == 2 and "res_logM.qp.hdf5 exists; pass --overwrite" in proc.stderr
+    assert jaxgrid(*again, "--quiet", "--overwrite").returncode == 0
     # resume: a finished file resumes to a no-op; a different setting is refused
     h5 = tmp_path / "r.h5"
     args = [
