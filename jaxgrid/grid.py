@@ -144,6 +144,8 @@ class ModelGrid:
         self.targets: Float[Array, "models targets"] = _working(tgt, "targets", fix)
         self.standardiser = LinearStandardiser()
         self.target_standardiser = LinearStandardiser()
+        self._kdtree = None  # the targets' tree (get_kdtree), built on demand
+        self._kdtree_standardized: bool | None = None
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -221,6 +223,30 @@ class ModelGrid:
         return new
 
     # -------------------------------------------------------- standardisation
+    @property
+    def observable_standardiser(self) -> LinearStandardiser:
+        """BESTA's name for `standardiser` (the observables' z-score)."""
+        return self.standardiser
+
+    @observable_standardiser.setter
+    def observable_standardiser(self, value: LinearStandardiser) -> None:
+        self.standardiser = value
+
+    @property
+    def _observables_standardized(self) -> np.ndarray | None:
+        """(N, P) float64 z-scored observables, None while unfitted (BESTA's cache name;
+        computed from the live standardiser, so it always follows the grid)."""
+        if not self.standardiser.is_fitted:
+            return None
+        return self.standardiser.transform(np.asarray(self.observables))
+
+    @property
+    def _targets_standardized(self) -> np.ndarray | None:
+        """(N, Q) float64 z-scored targets, None while unfitted (BESTA's name)."""
+        if not self.target_standardiser.is_fitted:
+            return None
+        return self.target_standardiser.transform(np.asarray(self.targets))
+
     def fit_standardiser(self, mask: Any = None) -> LinearStandardiser:
         """Fit the observables' z-score on the grid (rows in ``mask`` only, if given)."""
         self.standardiser = LinearStandardiser().fit(np.asarray(self.observables), mask)
@@ -235,6 +261,7 @@ class ModelGrid:
     def fit_target_standardiser(self, mask: Any = None) -> LinearStandardiser:
         """Fit the targets' z-score on the grid (rows in ``mask`` only, if given)."""
         self.target_standardiser = LinearStandardiser().fit(np.asarray(self.targets), mask)
+        self.invalidate_knn_index()
         return self.target_standardiser
 
     def transform_targets(self, values: Any) -> Any:
@@ -243,27 +270,76 @@ class ModelGrid:
     def inverse_transform_targets(self, values: Any) -> Any:
         return self.target_standardiser.inverse_transform(values)
 
+    # ---------------------------------------------------------- target space
+    def invalidate_knn_index(self) -> None:
+        """Forget the cached targets' KD-tree (`get_kdtree` builds a new one)."""
+        self._kdtree = None
+        self._kdtree_standardized = None
+
+    def get_kdtree(self, *, standardize: bool = True):
+        """A ``scipy.spatial.cKDTree`` over the targets (float64), z-scored by the fitted
+        target standardiser when ``standardize`` (``RuntimeError`` if it is not
+        fitted: call `fit_target_standardiser`); cached until the standardiser is
+        refitted or `invalidate_knn_index` is called."""
+        if self._kdtree is not None and self._kdtree_standardized == bool(standardize):
+            return self._kdtree
+        from scipy.spatial import cKDTree
+
+        if standardize:
+            if not self.target_standardiser.is_fitted:
+                raise RuntimeError(
+                    "get_kdtree(standardize=True): the target standardiser is not fitted; "
+                    "call grid.fit_target_standardiser() first, or pass standardize=False."
+                )
+            points = self._targets_standardized
+        else:
+            points = np.asarray(self.targets, dtype=np.float64)
+        self._kdtree = cKDTree(points)
+        self._kdtree_standardized = bool(standardize)
+        return self._kdtree
+
+    def in_boundaries(self, targets_query: Any) -> np.ndarray:
+        """(M,) bool: which target positions (M, Q) lie inside the grid's domain, by
+        ``check_boundaries`` (all True without one)."""
+        q = np.atleast_2d(np.asarray(targets_query, dtype=np.float64))
+        if q.ndim != 2 or q.shape[1] != self.n_targets:
+            raise ValueError(
+                f"in_boundaries: `targets_query` must be (M, {self.n_targets}), got {q.shape}."
+            )
+        if self.check_boundaries is None:
+            return np.ones(q.shape[0], dtype=bool)
+        inside = np.asarray(self.check_boundaries(q), dtype=bool).reshape(-1)
+        if inside.shape != (q.shape[0],):
+            raise ValueError(
+                f"in_boundaries: check_boundaries returned shape {inside.shape} for "
+                f"{q.shape[0]} queries; it must return one bool per row."
+            )
+        return inside
+
     # ---------------------------------------------------------- interpolation
     def interpolate_observables(
         self,
         targets_query,
-        mode="idw",
+        mode="local_linear",
         k=32,
         p=2.0,
         eps=1e-12,
         standardize=True,
         ridge=1e-8,
         fill_value=np.nan,
+        *,
+        method=None,
     ):
         """Observables predicted at arbitrary targets from the grid's neighbours
-        (``"nearest"``, ``"idw"``, ``"local_linear"``); differentiable with
-        respect to the query. See `jaxgrid.interpolate.interpolate_observables`."""
+        (``"nearest"``, ``"idw"``, ``"local_linear"`` — the default, as BESTA;
+        ``method`` is BESTA's alias of ``mode``); differentiable with respect to the
+        query. See `jaxgrid.interpolate.interpolate_observables`."""
         from .interpolate import interpolate_observables
 
         return interpolate_observables(
             self,
             targets_query,
-            mode=mode,
+            mode=mode if method is None else method,
             k=k,
             p=p,
             eps=eps,
@@ -273,10 +349,31 @@ class ModelGrid:
         )
 
     # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict[str, Any]:
+        """The grid as a dict (NumPy arrays, names, weights, meta, standardisers), in
+        BESTA's layout: `from_dict` — jaxgrid's or BESTA's — rebuilds it.
+        ``check_boundaries`` (code) is not included."""
+        return grid_format.grid_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, check_boundaries=None) -> ModelGrid:
+        """A grid from `to_dict`'s dict (or BESTA's ``ModelGrid.to_dict()``)."""
+        return grid_format.grid_from_dict(d, cls=cls, check_boundaries=check_boundaries)
+
     def to_fits_table(
-        self, path, hdu_name="MODELGRID", overwrite=False, include_meta=True, checksum=True
+        self,
+        path,
+        hdu_name="MODELGRID",
+        overwrite=False,
+        include_meta=True,
+        checksum=True,
+        *,
+        meta_key="META",
+        fill_value=None,
     ):
-        """Write a FITS binary table (see `jaxgrid.grid_format.write_fits`)."""
+        """Write a FITS binary table (see `jaxgrid.grid_format.write_fits`).
+        ``meta_key``: the header key of the meta (BESTA writes ``MODELGRID_META``);
+        ``fill_value``: BESTA's keyword, accepted (a grid has no masked values)."""
         grid_format.write_fits(
             self,
             path,
@@ -284,6 +381,7 @@ class ModelGrid:
             overwrite=overwrite,
             include_meta=include_meta,
             checksum=checksum,
+            meta_key=meta_key,
         )
 
     @classmethod
@@ -295,8 +393,12 @@ class ModelGrid:
         weight_col=None,
         row_mask=None,
         table_hdu=1,
+        memmap=False,
+        meta_key=None,
     ) -> ModelGrid:
-        """Read a FITS table (see `jaxgrid.grid_format.read_fits`)."""
+        """Read a FITS table (see `jaxgrid.grid_format.read_fits`): jaxgrid's and
+        BESTA's files (meta under ``META`` or ``MODELGRID_META``, or ``meta_key``).
+        ``memmap``: BESTA's keyword, accepted (the table is read into memory)."""
         return grid_format.read_fits(
             path,
             observable_cols=observable_cols,
@@ -304,13 +406,31 @@ class ModelGrid:
             weight_col=weight_col,
             row_mask=row_mask,
             table_hdu=table_hdu,
+            meta_key=meta_key,
             cls=cls,
         )
 
-    def to_hdf5(self, path, group="/modelgrid", overwrite=False, compression="gzip"):
-        """Write to an HDF5 group (see `jaxgrid.grid_format.write_hdf5`)."""
+    def to_hdf5(
+        self,
+        path,
+        group="/modelgrid",
+        overwrite=False,
+        compression="gzip",
+        compression_opts=None,
+        chunks=True,
+        include_meta=True,
+    ):
+        """Write to an HDF5 group (see `jaxgrid.grid_format.write_hdf5`); the keywords
+        are BESTA's."""
         grid_format.write_hdf5(
-            self, path, group=group, overwrite=overwrite, compression=compression
+            self,
+            path,
+            group=group,
+            overwrite=overwrite,
+            compression=compression,
+            compression_opts=compression_opts,
+            chunks=chunks,
+            include_meta=include_meta,
         )
 
     @classmethod

@@ -7,6 +7,12 @@ The public functions are `jaxgrid.io.read_fits` etc.
 Every writer stores arrays, names, weights, meta and fitted standardisers;
 the matching reader restores all of them (round trips are tested). The
 optional ``check_boundaries`` callable is code, not data: only pickles keep it.
+
+BESTA's (0.6.2) files read too, with everything they hold: its HDF5 layout is
+jaxgrid's (standardisers as ``{"is_fit", "mean", "sd"}``), its FITS tables keep
+the meta under ``MODELGRID_META`` (a HIERARCH card) and no standardisers; its
+``ModelGrid.to_dict()`` dicts are `grid_from_dict`'s input (tests/data/besta holds
+files the real BESTA wrote).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ __all__ = [
     "write_pickle",
     "read_pickle",
     "load_auto",
+    "grid_to_dict",
+    "grid_from_dict",
     "SUPPORTED_SUFFIXES",
 ]
 
@@ -43,6 +51,7 @@ SUPPORTED_SUFFIXES = {
 }
 _PICKLE_FORMAT = "jaxgrid.ModelGrid/1"
 _FITS_NAME_MAX = 68
+_META_KEYS = ("META", "MODELGRID_META")  # jaxgrid's, BESTA's
 
 
 def _standardisers_json(grid: Any) -> str:
@@ -51,12 +60,12 @@ def _standardisers_json(grid: Any) -> str:
     )
 
 
-def _restore_standardisers(grid: Any, text: str | None, ocols=None, tcols=None) -> None:
+def _restore_standardisers(grid: Any, text: str | dict | None, ocols=None, tcols=None) -> None:
     if not text:
         return
-    d = json.loads(text)
-    obs = LinearStandardiser.from_dict(d["observables"])
-    tgt = LinearStandardiser.from_dict(d["targets"])
+    d = json.loads(text) if isinstance(text, str) else text
+    obs = LinearStandardiser.from_dict(d.get("observables") or {"fitted": False})
+    tgt = LinearStandardiser.from_dict(d.get("targets") or {"fitted": False})
     # Only keep a stored fit when it still describes the loaded columns.
     if obs.is_fitted and ocols is not None:
         obs = obs.select(ocols) if max(ocols, default=-1) < obs.n_columns else LinearStandardiser()
@@ -110,6 +119,7 @@ def write_fits(
     overwrite: bool = False,
     include_meta: bool = True,
     checksum: bool = True,
+    meta_key: str = "META",
 ) -> None:
     """Write ``grid`` as a FITS binary table HDU named ``hdu_name``.
 
@@ -117,7 +127,8 @@ def write_fits(
     has weights). Header: NMODELS, NOBS, NTGT, OBSNAME and TGTNAME
     (comma-joined names), JGSTD (standardisers, JSON) and, with
     ``include_meta``, META (the meta dict, JSON; long values use FITS
-    CONTINUE cards).
+    CONTINUE cards; ``meta_key`` names another key, e.g. BESTA's
+    ``MODELGRID_META``, written as a HIERARCH card).
 
     If ``path`` exists, the HDU is appended, or replaced when an HDU of that
     name exists and ``overwrite`` is true (``ValueError`` otherwise).
@@ -138,7 +149,12 @@ def write_fits(
     h["TGTNAME"] = ",".join(grid.target_names)
     h["JGSTD"] = _standardisers_json(grid)
     if include_meta:
-        h["META"] = json.dumps(grid.meta)
+        if not isinstance(meta_key, str) or not meta_key:
+            raise ValueError(
+                f"to_fits_table: `meta_key` must be a non-empty string, got {meta_key!r}."
+            )
+        key = meta_key if len(meta_key) <= 8 else f"HIERARCH {meta_key}"
+        h[key] = json.dumps(grid.meta)
     path = Path(path)
     if not path.exists():
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, checksum=checksum)
@@ -181,13 +197,15 @@ def read_fits(
     weight_col: str | None = None,
     row_mask: Any = None,
     table_hdu: int | str = 1,
+    meta_key: str | None = None,
     *,
     cls: type,
 ) -> Any:
     """Read a `ModelGrid` from a FITS table.
 
-    With a jaxgrid-written HDU (header OBSNAME/TGTNAME) everything is
-    automatic. For any other table give ``observable_cols`` and ``target_cols``
+    With a jaxgrid- or BESTA-written HDU (header OBSNAME/TGTNAME) everything is
+    automatic; the meta is read from ``meta_key`` (default: ``META``, else
+    BESTA's ``MODELGRID_META``). For any other table give ``observable_cols`` and ``target_cols``
     as lists of column names or ``{new_name: source_column}`` maps, and
     optionally ``weight_col``. ``row_mask`` (bool per row) keeps a subset.
     """
@@ -233,7 +251,7 @@ def read_fits(
     obs = np.stack([np.asarray(table[c])[rows] for c in omap.values()], axis=1)
     tgt = np.stack([np.asarray(table[c])[rows] for c in tmap.values()], axis=1)
     w = None if weight_col is None else np.asarray(table[weight_col])[rows]
-    meta = json.loads(header["META"]) if "META" in header else {}
+    meta = _fits_meta(header, meta_key, path)
     grid = cls(obs, tgt, list(omap), list(tmap), weights=w, meta=meta)
     if written:
         onames, tnames = header["OBSNAME"].split(","), header["TGTNAME"].split(",")
@@ -241,6 +259,23 @@ def read_fits(
         tcols = [tnames.index(c) if c in tnames else 10**9 for c in tmap.values()]
         _restore_standardisers(grid, header.get("JGSTD"), ocols, tcols)
     return grid
+
+
+def _fits_meta(header, meta_key: str | None, path) -> dict:
+    keys = _META_KEYS if meta_key is None else (meta_key,)
+    for key in keys:
+        if key in header:
+            try:
+                meta = json.loads(header[key])
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"from_fits_table: the {key} header card of {path} is not JSON ({err}); "
+                    "pass meta_key= to read another card, or fix the file."
+                ) from None
+            return meta if isinstance(meta, dict) else {"meta": meta}
+    if meta_key is not None:
+        raise KeyError(f"from_fits_table: {path} has no {meta_key!r} header card.")
+    return {}
 
 
 def _mask(mask: Any, n: int, what: str) -> np.ndarray:
@@ -257,15 +292,23 @@ def write_hdf5(
     group: str = "/modelgrid",
     overwrite: bool = False,
     compression: str | None = "gzip",
+    compression_opts: int | None = None,
+    chunks: Any = True,
+    include_meta: bool = True,
 ) -> None:
     """Write ``grid`` under an HDF5 group.
 
-    Layout: ``<group>/observables/<name>`` and ``<group>/targets/<name>`` (one
-    dataset per column), ``<group>/weights`` when weighted; JSON attributes
-    ``observable_names``, ``target_names``, ``meta``, ``standardisers``.
-    An existing group is replaced only with ``overwrite=True``.
+    Layout (BESTA's): ``<group>/observables/<name>`` and ``<group>/targets/<name>``
+    (one dataset per column), ``<group>/weights`` when weighted; JSON attributes
+    ``observable_names``, ``target_names``, ``meta`` (unless not ``include_meta``),
+    ``standardisers``; ``n_models``, ``n_observables``, ``n_targets``.
+    An existing group is replaced only with ``overwrite=True``. ``compression``,
+    ``compression_opts`` (gzip level) and ``chunks`` go to h5py.
     """
     _check_writable_names(grid, "/", "to_hdf5")
+    store = {"compression": compression, "chunks": chunks}
+    if compression is not None and compression_opts is not None:
+        store["compression_opts"] = compression_opts
     with h5py.File(path, "a") as f:
         if group in f:
             if not overwrite:
@@ -282,12 +325,16 @@ def write_hdf5(
             sg = g.create_group(sub)
             host = np.asarray(arr)
             for i, n in enumerate(names):
-                sg.create_dataset(n, data=host[:, i], compression=compression)
+                sg.create_dataset(n, data=host[:, i], **store)
         if grid.weights is not None:
-            g.create_dataset("weights", data=np.asarray(grid.weights), compression=compression)
+            g.create_dataset("weights", data=np.asarray(grid.weights), **store)
         g.attrs["observable_names"] = json.dumps(grid.observable_names)
         g.attrs["target_names"] = json.dumps(grid.target_names)
-        g.attrs["meta"] = json.dumps(grid.meta)
+        g.attrs["n_models"] = grid.n_models
+        g.attrs["n_observables"] = grid.n_observables
+        g.attrs["n_targets"] = grid.n_targets
+        if include_meta:
+            g.attrs["meta"] = json.dumps(grid.meta)
         g.attrs["standardisers"] = _standardisers_json(grid)
         g.attrs["format"] = "jaxgrid.ModelGrid/1"
 
@@ -363,6 +410,49 @@ def _dset_col(dset: str, sub: str, names: list[str]) -> int:
     prefix = f"{sub}/"
     name = dset[len(prefix) :] if dset.startswith(prefix) else None
     return names.index(name) if name in names else 10**9
+
+
+# ------------------------------------------------------------------ dicts
+def grid_to_dict(grid: Any) -> dict[str, Any]:
+    """BESTA's ``ModelGrid.to_dict()`` layout: NumPy arrays, names, weights, meta,
+    ``standardisers`` (``{"observables": {...}, "targets": {...}}``, each with BESTA's
+    ``is_fit``/``mean``/``sd`` keys and jaxgrid's), ``check_boundaries_key``."""
+    return {
+        "observables": np.asarray(grid.observables),
+        "targets": np.asarray(grid.targets),
+        "observable_names": list(grid.observable_names),
+        "target_names": list(grid.target_names),
+        "weights": None if grid.weights is None else np.asarray(grid.weights),
+        "meta": json.loads(json.dumps(grid.meta)),
+        "standardisers": {
+            "observables": grid.standardiser.to_dict(),
+            "targets": grid.target_standardiser.to_dict(),
+        },
+        "check_boundaries_key": grid.meta.get("check_boundaries_key"),
+    }
+
+
+def grid_from_dict(d: Any, *, cls: type, check_boundaries=None) -> Any:
+    """A grid from `grid_to_dict`'s dict or BESTA's (lists or arrays)."""
+    if not isinstance(d, dict):
+        raise TypeError(f"from_dict: expected a dict made by to_dict(), got {type(d).__name__}.")
+    missing = [
+        k for k in ("observables", "targets", "observable_names", "target_names") if k not in d
+    ]
+    if missing:
+        raise ValueError(f"from_dict: the dict lacks {missing}; expected one made by to_dict().")
+    weights = d.get("weights")
+    grid = cls(
+        np.asarray(d["observables"], dtype=np.float64),
+        np.asarray(d["targets"], dtype=np.float64),
+        list(d["observable_names"]),
+        list(d["target_names"]),
+        weights=None if weights is None else np.asarray(weights, dtype=np.float64),
+        meta=dict(d.get("meta") or {}),
+        check_boundaries=check_boundaries,
+    )
+    _restore_standardisers(grid, d.get("standardisers"))
+    return grid
 
 
 # ------------------------------------------------------------------ pickle

@@ -18,6 +18,9 @@ In every mode a query that coincides with grid models (distance <= ``eps``)
 returns the average of their observables.
 
 Rows that are non-finite or fail the grid's ``check_boundaries`` get ``fill_value``.
+
+As in BESTA: the default mode is ``"local_linear"``, ``k`` is clipped to the grid
+size, and a 1-D query of Q values is one row.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ _MODES = ("nearest", "idw", "local_linear")
 def interpolate_observables(
     grid,
     targets_query: Any,
-    mode: str = "idw",
+    mode: str = "local_linear",
     k: int = 32,
     p: float = 2.0,
     eps: float = 1e-12,
@@ -49,15 +52,17 @@ def interpolate_observables(
     if mode not in _MODES:
         raise ValueError(f"interpolate_observables: `mode` must be one of {_MODES}, got {mode!r}.")
     q_dim = grid.n_targets
-    k = 1 if mode == "nearest" else int(k)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"interpolate_observables: `k` must be an int >= 1, got {k!r}.")
+    k = 1 if mode == "nearest" else min(int(k), grid.n_models)  # clipped, as BESTA
     if mode == "local_linear" and k < q_dim + 1:
         raise ValueError(
             f"interpolate_observables: local_linear needs k >= Q + 1 = {q_dim + 1} neighbours, "
-            f"got k={k}."
+            f"got k={k} (the grid has {grid.n_models} models)."
         )
-    if k < 1 or k > grid.n_models:
-        raise ValueError(f"interpolate_observables: need 1 <= k <= {grid.n_models}, got {k}.")
     query = jnp.asarray(targets_query, dtype=grid.targets.dtype)
+    if query.ndim == 1:
+        query = query[None, :]  # one row
     if query.ndim != 2 or query.shape[1] != q_dim:
         raise ValueError(
             f"interpolate_observables: `targets_query` must be (M, {q_dim}), got {query.shape}."

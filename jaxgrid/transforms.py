@@ -1,9 +1,14 @@
 """Per-column linear transforms of observables and targets.
 
 "Standardised" means a per-column z-score, ``(v - mean) / std``. The fitted
-parameters live on the host as float64 NumPy arrays; ``transform`` and
-``inverse_transform`` accept NumPy or JAX arrays and return the same kind, so
-the same standardiser serves file I/O (NumPy) and the traced core (JAX).
+parameters live on the host as float64 NumPy arrays. ``transform`` and
+``inverse_transform`` run in float64 on the host and return NumPy (BESTA's
+behaviour: a round trip is exact to float64), except inside ``jit``/``grad``,
+where a traced JAX input stays JAX (traceable) in its own dtype.
+
+BESTA's names are kept: ``sd`` (= ``std``), ``is_fit`` (= ``is_fitted``), the
+``sd=`` constructor keyword, ``fit(X, ddof=0)``, and ``from_dict`` reads BESTA's
+``{"mean", "sd"}`` / ``{"is_fit", "mean", "sd"}`` dicts.
 """
 
 from __future__ import annotations
@@ -36,7 +41,17 @@ class LinearStandardiser:
         (array([2., 5.]), array([1., 1.]))
     """
 
-    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+    def __init__(
+        self,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        *,
+        sd: Sequence[float] | None = None,
+    ):
+        if sd is not None:
+            if std is not None:
+                raise ValueError("LinearStandardiser: give `std` or its BESTA name `sd`, not both.")
+            std = sd
         if (mean is None) != (std is None):
             raise ValueError("LinearStandardiser: give both `mean` and `std`, or neither.")
         self.mean: np.ndarray | None = None
@@ -57,15 +72,28 @@ class LinearStandardiser:
         return self.mean is not None
 
     @property
+    def is_fit(self) -> bool:
+        """BESTA's name for `is_fitted`."""
+        return self.is_fitted
+
+    @property
+    def sd(self) -> np.ndarray | None:
+        """BESTA's name for `std`."""
+        return self.std
+
+    @property
     def n_columns(self) -> int:
         self._require_fitted()
         return int(self.mean.size)
 
-    def fit(self, values: Any, mask: Any = None) -> LinearStandardiser:
+    def fit(self, values: Any, mask: Any = None, *, ddof: int = 0) -> LinearStandardiser:
         """Fit mean and std per column of ``values`` (rows, cols), NaNs ignored.
 
-        ``mask`` (rows,) bool selects the rows used for the fit.
+        ``mask`` (rows,) bool selects the rows used for the fit; ``ddof``: the
+        std's delta degrees of freedom (0: population std, as BESTA).
         """
+        if isinstance(ddof, bool) or not isinstance(ddof, int | np.integer) or ddof < 0:
+            raise ValueError(f"LinearStandardiser.fit: `ddof` must be an int >= 0, got {ddof!r}.")
         v = np.asarray(values, dtype=np.float64)
         if v.ndim != 2:
             raise ValueError(f"LinearStandardiser.fit: `values` must be 2-D, got shape {v.shape}.")
@@ -84,22 +112,27 @@ class LinearStandardiser:
         vz = np.where(finite, v, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = vz.sum(axis=0) / count
-            var = (np.where(finite, v - mean, 0.0) ** 2).sum(axis=0) / count
+            var = (np.where(finite, v - mean, 0.0) ** 2).sum(axis=0) / (count - ddof)
         mean = np.where(count > 0, mean, 0.0)
-        std = np.sqrt(np.where(count > 0, var, 1.0))
+        std = np.sqrt(np.where(count > ddof, var, 1.0))
         std = np.where(std > 0, std, 1.0)
         self.mean, self.std = mean, std
         return self
 
     def transform(self, values: Any) -> Any:
-        """``(values - mean) / std`` on the last axis; NumPy in, NumPy out; JAX in, JAX out."""
+        """``(values - mean) / std`` on the last axis: float64 NumPy out (a traced JAX
+        input stays JAX, in its dtype)."""
         self._require_fitted()
-        return (values - self._as(values, self.mean)) / self._as(values, self.std)
+        if isinstance(values, jax.core.Tracer):
+            return (values - self._as(values, self.mean)) / self._as(values, self.std)
+        return (self._host(values) - self.mean) / self.std
 
     def inverse_transform(self, values: Any) -> Any:
-        """``values * std + mean`` on the last axis."""
+        """``values * std + mean`` on the last axis (float64 NumPy; traced stays JAX)."""
         self._require_fitted()
-        return values * self._as(values, self.std) + self._as(values, self.mean)
+        if isinstance(values, jax.core.Tracer):
+            return values * self._as(values, self.std) + self._as(values, self.mean)
+        return self._host(values) * self.std + self.mean
 
     def select(self, columns: Sequence[int]) -> LinearStandardiser:
         """A standardiser restricted to ``columns`` (unfitted stays unfitted)."""
@@ -109,18 +142,27 @@ class LinearStandardiser:
         return LinearStandardiser(self.mean[cols], self.std[cols])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict; ``from_dict`` restores it exactly (floats round-trip via repr)."""
+        """JSON-able dict; ``from_dict`` restores it exactly (floats round-trip via repr).
+        It carries BESTA's keys too (``is_fit``, ``sd``), so BESTA reads it."""
         if not self.is_fitted:
-            return {"fitted": False}
-        return {"fitted": True, "mean": self.mean.tolist(), "std": self.std.tolist()}
+            return {"fitted": False, "is_fit": False, "mean": None, "sd": None}
+        mean, std = self.mean.tolist(), self.std.tolist()
+        return {"fitted": True, "is_fit": True, "mean": mean, "std": std, "sd": std}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LinearStandardiser:
-        if not isinstance(d, dict) or "fitted" not in d:
-            raise ValueError("LinearStandardiser.from_dict: expected a dict made by to_dict().")
-        if not d["fitted"]:
+        """From `to_dict`'s dict, or BESTA's (``{"mean", "sd"}``, with or without
+        ``"is_fit"``; ``None`` values or ``is_fit`` false: unfitted)."""
+        if not isinstance(d, dict) or not ({"fitted", "is_fit", "mean"} & set(d)):
+            raise ValueError(
+                "LinearStandardiser.from_dict: expected a dict made by to_dict() (jaxgrid's, "
+                f"or BESTA's {{'mean', 'sd'}}), got {d!r:.200}."
+            )
+        fitted = d.get("fitted", d.get("is_fit", True))
+        std = d.get("std", d.get("sd"))
+        if not fitted or d.get("mean") is None or std is None:
             return cls()
-        return cls(d["mean"], d["std"])
+        return cls(d["mean"], std)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LinearStandardiser):
@@ -145,13 +187,17 @@ class LinearStandardiser:
             )
 
     @staticmethod
+    def _host(values: Any) -> np.ndarray:
+        # masked entries are missing values (NaN), as everywhere in jaxgrid
+        if np.ma.isMaskedArray(values):
+            return np.ma.filled(values.astype(np.float64), np.nan)
+        return np.asarray(values, dtype=np.float64)
+
+    @staticmethod
     def _as(like: Any, arr: np.ndarray) -> Any:
-        # Keep JAX inputs in JAX (traceable); cast parameters to the input's float dtype.
-        if isinstance(like, jax.Array):
-            return jax.numpy.asarray(arr, dtype=like.dtype)
-        like = np.asarray(like)
-        dtype = like.dtype if np.issubdtype(like.dtype, np.floating) else np.float64
-        return arr.astype(dtype)
+        # a traced input stays traceable: the parameters in the input's float dtype
+        dtype = like.dtype if jax.numpy.issubdtype(like.dtype, jax.numpy.floating) else None
+        return jax.numpy.asarray(arr, dtype=dtype)
 
 
 # ------------------------------------------------------ magnitudes and fluxes

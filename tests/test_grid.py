@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -87,8 +88,14 @@ def test_standardiser_fit_reference(rng):
     assert s.mean[2] == 7.0 and s.std[2] == 1.0  # zero std replaced by 1
     z = s.transform(v)
     np.testing.assert_allclose(s.inverse_transform(z), v, rtol=1e-14)
-    zj = s.transform(jnp.asarray(v, jnp.float32))
-    assert isinstance(zj, jnp.ndarray)
+    # host: float64 NumPy out, also for a (concrete) JAX input; traced: JAX in its dtype
+    zh = s.transform(jnp.asarray(v, jnp.float32))
+    assert isinstance(zh, np.ndarray) and zh.dtype == np.float64
+    np.testing.assert_allclose(zh, (v.astype(np.float32) - s.mean) / s.std, rtol=1e-14)
+    zj = jax.jit(s.transform)(jnp.asarray(v, jnp.float32))
+    assert isinstance(zj, jax.Array) and zj.dtype == jnp.float32
+    np.testing.assert_allclose(zj, zh, rtol=1e-5, atol=1e-6)
+    assert s.sd is s.std and s.is_fit
     assert LinearStandardiser.from_dict(s.to_dict()) == s
 
 

@@ -91,3 +91,26 @@ def test_fill_values_and_errors():
         grid.interpolate_observables(q, mode="cubic")
     with pytest.raises(ValueError, match="targets_query"):
         grid.interpolate_observables(np.zeros((2, 3)))
+
+
+def test_besta_calling_conventions():
+    """BESTA's conventions: default mode local_linear, `method=` alias, k clipped to
+    the grid size, a 1-D query is one row."""
+    grid = _lattice(smooth)
+    q = np.array([[0.31, 0.47]])
+    default = np.asarray(grid.interpolate_observables(q))
+    np.testing.assert_array_equal(
+        default, np.asarray(grid.interpolate_observables(q, mode="local_linear"))
+    )
+    np.testing.assert_array_equal(
+        np.asarray(grid.interpolate_observables(q, method="idw", k=6)),
+        np.asarray(grid.interpolate_observables(q, mode="idw", k=6)),
+    )
+    np.testing.assert_array_equal(np.asarray(grid.interpolate_observables(q[0])), default)
+    n = grid.n_models
+    np.testing.assert_array_equal(
+        np.asarray(grid.interpolate_observables(q, mode="idw", k=10 * n)),
+        np.asarray(grid.interpolate_observables(q, mode="idw", k=n)),
+    )
+    with pytest.raises(ValueError, match="`k`"):
+        grid.interpolate_observables(q, k=0)
