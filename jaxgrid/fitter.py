@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .binning_single import as_batched
 from .core.bins import check_edges
 from .core.checks import cast_overflows, float_dtype, is_traced, masked_to_nan
 from .core.data import GridData
@@ -283,6 +284,10 @@ class GridFitter:
         memory_budget_bytes: int | None = None,
         fallback_to_full_grid: bool = True,
         return_candidates: bool = True,
+        max_memory_gb: float | None = None,
+        memcheck_sample: int | None = None,
+        safety_margin: float | None = None,
+        tasks_per_worker: int | None = None,
     ):
         """Fit a catalog: posterior, truncation and summaries for every row, in chunks.
 
@@ -301,7 +306,9 @@ class GridFitter:
           catalog gives an empty result in every return mode.
         * ``binner``: optional candidate preselector following the binner
           protocol of ``jaxgrid.binning`` (e.g. `KDTreeBinner`); None
-          fits every row against the whole grid. Rows the binner cannot
+          fits every row against the whole grid. A BESTA-style binner with only
+          ``candidates(y, sigma)`` is called once per row
+          (`jaxgrid.binning_single.SingleObjectBinner`, pool of 1024). Rows the binner cannot
           serve (no candidate, or flagged by it) are fitted against the
           full grid and flagged ``Status.FULL_GRID_FALLBACK`` — or, with
           ``fallback_to_full_grid=False``, flagged ``NO_CANDIDATES``. A row
@@ -365,6 +372,11 @@ class GridFitter:
           the model axis so a chunk's temporaries stay within the budget
           (default 512 MiB on CPU, a quarter of GPU memory); results
           are exact for any blocking.
+        * BESTA's memory and scheduling keywords: ``max_memory_gb`` sets the
+          memory budget (``memory_budget_bytes``, when that is not given);
+          ``memcheck_sample``, ``safety_margin``, ``tasks_per_worker`` mean nothing
+          here (the step's memory is computed, not sampled; chunks are scheduled
+          on the device) — accepted, a warning once per session, ignored.
 
         Per-object dicts hold ``m, level, candidates, post_models, truncation,
         stats, posts_target, log_evidence, chi2_min, best, status`` (see
@@ -376,10 +388,38 @@ class GridFitter:
         """
         from .batch import BatchOptions, fit_batch
 
-        settings = dict(locals())  # exactly the keywords above: BatchOptions' fields
+        settings = dict(locals())  # the keywords above: BatchOptions' fields, BESTA's
         for name in ("self", "X_native", "SIG_native", "BatchOptions", "fit_batch"):
             settings.pop(name)
+        besta = {k: settings.pop(k) for k in _BESTA_ONLY}
+        settings["binner"] = as_batched(binner)  # a BESTA binner with only candidates()
+        settings["memory_budget_bytes"] = _besta_memory(besta, memory_budget_bytes)
         return fit_batch(self, X_native, SIG_native, BatchOptions(**settings))
+
+
+#: BESTA's fit_batch keywords with no BatchOptions field (see `GridFitter.fit_batch`).
+_BESTA_ONLY = ("max_memory_gb", "memcheck_sample", "safety_margin", "tasks_per_worker")
+_warned_besta: set[str] = set()
+
+
+def _besta_memory(besta: dict[str, Any], memory_budget_bytes):
+    """The memory budget from BESTA's ``max_memory_gb``; a one-time warning for BESTA's
+    keywords that mean nothing here."""
+    ignored = sorted(k for k in _BESTA_ONLY[1:] if besta[k] is not None and k not in _warned_besta)
+    if ignored:
+        _warned_besta.update(ignored)
+        warnings.warn(
+            f"fit_batch: BESTA's {ignored} mean nothing in jaxgrid (memory is computed, chunks "
+            "run on the device) and are ignored; this warning is shown once.",
+            UserWarning,
+            stacklevel=3,
+        )
+    gb = besta["max_memory_gb"]
+    if gb is None or memory_budget_bytes is not None:
+        return memory_budget_bytes
+    if isinstance(gb, bool) or not isinstance(gb, int | float) or not gb > 0:
+        raise ValueError(f"fit_batch: `max_memory_gb` must be a positive number, got {gb!r}.")
+    return int(gb * 2**30)
 
 
 def _warn_if_unusable(log_z: Array) -> None:

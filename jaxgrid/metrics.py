@@ -17,8 +17,9 @@ __all__ = ["photoz_metrics", "pit_from_binned", "pit_ks", "pit_cvm", "coverage"]
 
 
 def photoz_metrics(z_true: Any, z_est: Any, outlier_cut: float = 0.15) -> dict[str, float]:
-    """``{bias, nmad, outlier_fraction, rmse, n, n_excluded}``; rows with a non-finite
-    ``z_true`` or ``z_est`` are excluded and counted."""
+    """``{bias, nmad, outlier_fraction, outlier, rmse, n, n_excluded}`` (``outlier``:
+    BESTA's name of ``outlier_fraction``); rows with a non-finite ``z_true`` or
+    ``z_est`` are excluded and counted."""
     zt = np.asarray(z_true, np.float64)
     ze = np.asarray(z_est, np.float64)
     if zt.shape != ze.shape:
@@ -31,6 +32,7 @@ def photoz_metrics(z_true: Any, z_est: Any, outlier_cut: float = 0.15) -> dict[s
             "bias": nan,
             "nmad": nan,
             "outlier_fraction": nan,
+            "outlier": nan,
             "rmse": nan,
             "n": 0,
             "n_excluded": int(zt.size),
@@ -40,6 +42,7 @@ def photoz_metrics(z_true: Any, z_est: Any, outlier_cut: float = 0.15) -> dict[s
         "bias": float(med),
         "nmad": float(1.4826 * np.median(np.abs(d - med))),
         "outlier_fraction": float(np.mean(np.abs(d) > outlier_cut)),
+        "outlier": float(np.mean(np.abs(d) > outlier_cut)),
         "rmse": float(np.sqrt(np.mean(d**2))),
         "n": int(d.size),
         "n_excluded": int(np.sum(~ok)),

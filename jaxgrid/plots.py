@@ -92,9 +92,12 @@ def hpd_levels(mass: Any, levels: Sequence[float]) -> np.ndarray:
     return m[idx]
 
 
-def _edges_for(values: np.ndarray, bins: Any) -> np.ndarray:
+def _edges_for(values: np.ndarray, bins: Any, w=None, kappa=None) -> np.ndarray:
     if np.ndim(bins) == 0:
         lo, hi = float(values.min()), float(values.max())
+        if kappa is not None:  # BESTA's zoom: median -/+ kappa x the 16/84 % distances
+            q16, q50, q84 = weighted_quantiles(values, w, (0.16, 0.5, 0.84))
+            lo, hi = max(q50 - kappa * (q50 - q16), lo), min(q50 + kappa * (q84 - q50), hi)
         if hi <= lo:
             lo, hi = lo - 0.5, hi + 0.5
         return np.linspace(lo, hi, int(bins) + 1)
@@ -113,8 +116,21 @@ def corner_for_targets(
     levels: Sequence[float] = (0.68, 0.95),
     upper_limits: Any = None,
     fig=None,
+    figsize: tuple[float, float] | None = None,
+    suptitle: str | None = None,
+    color: str | None = None,
+    kappa_sigma_edges: float | None = None,
+    alpha_hist: float = 0.6,
+    alpha_mesh: float = 1.0,
 ):
     """Corner plot of one object's posterior over ``target_cols``.
+
+    BESTA's keywords: ``figsize`` (of a new figure), ``suptitle``, ``color`` (the 1-D
+    histograms and the contours), ``alpha_hist`` / ``alpha_mesh`` (opacity of the 1-D
+    histograms / 2-D meshes) and ``kappa_sigma_edges``: with an int ``bins``, the
+    range is the median -/+ kappa times its distance to the 16 / 84 % quantiles
+    (clipped to the models' range; BESTA's default is 5, jaxgrid's None: the whole
+    range of the models, so no mass falls off the plot).
 
     Diagonal: weighted 1-D histograms with the ``quantiles`` (dashed), the
     best model (solid) and the mean (dotted) marked, and the truth if given
@@ -148,8 +164,12 @@ def corner_for_targets(
     d = len(cols)
     # one spec per target (a list of D ints/edge arrays), else the same for all
     per_bins = list(bins) if isinstance(bins, (list, tuple)) and len(bins) == d else [bins] * d
-    edges = [_edges_for(t[:, i], per_bins[i]) for i in range(d)]
     wn = w / w.sum()
+    if kappa_sigma_edges is not None and not float(kappa_sigma_edges) > 0:
+        raise ValueError(
+            f"corner_for_targets: `kappa_sigma_edges` must be > 0 or None, got {kappa_sigma_edges}."
+        )
+    edges = [_edges_for(t[:, i], per_bins[i], wn, kappa_sigma_edges) for i in range(d)]
     mean = wn @ t
     dev = t - mean
     s2 = np.sum(wn**2)
@@ -170,7 +190,10 @@ def corner_for_targets(
         for v in (true_target_vals if true_target_vals is not None else [None] * d)
     ]
     if fig is None:
-        fig = plt.figure(figsize=(2.4 * d + 0.6, 2.4 * d + 0.6), layout="constrained")
+        size = figsize if figsize is not None else (2.4 * d + 0.6, 2.4 * d + 0.6)
+        fig = plt.figure(figsize=size, layout="constrained")
+    if suptitle:
+        fig.suptitle(suptitle)
     axes = np.asarray(fig.subplots(d, d, squeeze=False))
     level_map = {}
     for i in range(d):
@@ -180,7 +203,14 @@ def corner_for_targets(
                 ax.set_visible(False)
                 continue
             if i == j:
-                ax.hist(t[:, i], bins=edges[i], weights=wn, histtype="stepfilled", alpha=0.6)
+                ax.hist(
+                    t[:, i],
+                    bins=edges[i],
+                    weights=wn,
+                    histtype="stepfilled",
+                    alpha=alpha_hist,
+                    color=color,
+                )
                 for k, qv in enumerate(q[i]):
                     label = None
                     if k == 0:
@@ -197,12 +227,12 @@ def corner_for_targets(
                 )
             else:
                 H, xe, ye = np.histogram2d(t[:, j], t[:, i], bins=[edges[j], edges[i]], weights=wn)
-                ax.pcolormesh(xe, ye, H.T, cmap="Greys", shading="flat")
+                ax.pcolormesh(xe, ye, H.T, cmap="Greys", shading="flat", alpha=alpha_mesh)
                 thr = hpd_levels(H, levels)
                 thr = np.unique(thr)
                 if H.sum() > 0 and thr.size and np.any(H > thr.min()):
                     xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
-                    ax.contour(xc, yc, H.T, levels=np.sort(thr), colors="C0", linewidths=1)
+                    ax.contour(xc, yc, H.T, levels=np.sort(thr), colors=color or "C0", linewidths=1)
                 level_map[(i, j)] = np.sort(thr)
                 if truth[i] is not None and truth[j] is not None:
                     ax.plot(truth[j], truth[i], "*", color="C1", ms=9)

@@ -302,3 +302,27 @@ def test_posterior_plot(tmp_path):
     )
     assert _legend(ax) == ["galaxy 1", "truth"] and ax.get_xlabel() == "z"
     _check_layout(ax.figure, tmp_path, "posterior")
+
+
+def test_corner_besta_keywords(fitter):
+    """figsize, suptitle, color, alpha_hist, alpha_mesh and kappa_sigma_edges (BESTA's):
+    the zoomed range is median -/+ kappa x the 16/84 % distances, clipped to the models."""
+    x, s = np.array([0.5, 1.1, 0.3]), np.array([0.1, 0.15, 0.2])
+    fig, axes, summary = fitter.corner_for_targets(
+        x, s, ["a", "b"], bins=20, figsize=(5.0, 4.0), suptitle="obj 7", color="C4",
+        kappa_sigma_edges=2.0, alpha_hist=0.3, alpha_mesh=0.5,
+    )  # fmt: skip
+    assert tuple(fig.get_size_inches()) == (5.0, 4.0)
+    assert fig.get_suptitle() == "obj 7"
+    patch = axes[0, 0].patches[0]
+    assert patch.get_alpha() == 0.3
+    assert matplotlib.colors.to_hex(patch.get_facecolor()) == matplotlib.colors.to_hex("C4")
+    assert axes[1, 0].collections[0].get_alpha() == 0.5
+    w = np.asarray(fitter.posterior_over_models(x, s), np.float64)
+    t = np.asarray(fitter.grid.targets, np.float64)
+    for i in range(2):
+        lo, med, hi = weighted_quantiles(t[:, i], w / w.sum(), [0.16, 0.5, 0.84])
+        want = (max(med - 2 * (med - lo), t[:, i].min()), min(med + 2 * (hi - med), t[:, i].max()))
+        assert axes[i, i].get_xlim() == pytest.approx(want)
+    with pytest.raises(ValueError, match="kappa_sigma_edges"):
+        fitter.corner_for_targets(x, s, ["a"], kappa_sigma_edges=0.0)

@@ -3,6 +3,9 @@
 Layout of a result group (M = catalog rows, D = summarised targets)::
 
     configuration                      attribute: JSON of the run's settings
+    configuration/ (group)             attribute ``json``: the same settings plus BESTA's
+                                       keys (M, P, group, return_pdf_for_stats,
+                                       stats_keys), where BESTA's readers look
     format                             attribute: "jaxgrid.fit_results/2"
     index/m (M,)                       object index
     index/id (M,)                      catalog ids (with ``ids=``): int64, or fixed-width
@@ -54,6 +57,7 @@ is followed: lock, journal and replacement act on the file it names.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import glob
@@ -89,6 +93,7 @@ from .flat import (
 
 __all__ = [
     "GridFitHDF5Writer",
+    "GridFitStatsSpec",
     "OutputInUseError",
     "read_fit_results",
     "read_index",
@@ -513,6 +518,28 @@ def check_output(path: str | Path, group: str, overwrite: bool, resume: bool) ->
 
 
 # ---------------------------------------------------------------------------------- writer
+@dataclasses.dataclass(frozen=True)
+class GridFitStatsSpec:
+    """One summarised target of a result group (BESTA's name): its ``key`` (the group
+    ``stats/<key>``) and bin ``bins`` (K+1 edges). `GridFitHDF5Writer` takes a list
+    of them as ``stats_targets``."""
+
+    key: str
+    bins: Any
+
+    def __post_init__(self):
+        if not isinstance(self.key, str) or not self.key or "/" in self.key:
+            raise ValueError(
+                f"GridFitStatsSpec: `key` must be a name without '/', got {self.key!r}."
+            )
+        bins = np.asarray(self.bins, dtype=np.float64)
+        if bins.ndim != 1 or bins.size < 2 or not np.all(np.diff(bins) > 0):
+            raise ValueError(
+                f"GridFitStatsSpec({self.key!r}): `bins` must be >= 2 increasing edges."
+            )
+        object.__setattr__(self, "bins", bins)
+
+
 class GridFitHDF5Writer:
     """Writes batch-fit results into an HDF5 group, chunk by chunk, crash-safely.
 
@@ -523,7 +550,8 @@ class GridFitHDF5Writer:
         n_rows: catalog length M.
         configuration: JSON-able dict of the run's settings (stored as the
             group's ``configuration`` attribute; ``resume`` requires equality).
-        stats_targets: names of summarised targets; ``stats_bins`` their edges.
+        stats_targets: names of summarised targets; ``stats_bins`` their edges (or
+            `GridFitStatsSpec` objects, BESTA's form, carrying both).
         return_pdf: also store ``posts_target`` (M, K) per target.
         overwrite: replace an existing group. resume: continue an existing group or
             unfinished journal with the same configuration, rows, targets, bins and
@@ -561,6 +589,11 @@ class GridFitHDF5Writer:
         units: dict[str, str] | None = None,
     ):
         check_output(path, group, overwrite, resume)
+        if stats_targets and all(isinstance(t, GridFitStatsSpec) for t in stats_targets):
+            stats_targets, stats_bins = (
+                [t.key for t in stats_targets],
+                [t.bins for t in stats_targets],
+            )
         self.ids = as_ids(ids, int(n_rows))
         self.units = dict(units) if isinstance(units, dict) else None
         self.path, self.group_name, self.n_rows = _real(path), group_name(group), int(n_rows)
@@ -853,6 +886,18 @@ class GridFitHDF5Writer:
     def __exit__(self, exc_type, *exc) -> None:
         self.close(raise_errors=exc_type is None)
 
+    def _besta_configuration(self) -> str:
+        """BESTA's ``configuration/json``: the settings with BESTA's default keys."""
+        cfg = json.loads(self._config_text)
+        grid = cfg.get("grid") if isinstance(cfg.get("grid"), dict) else {}
+        names = grid.get("observable_names")
+        cfg.setdefault("M", self.n_rows)
+        cfg.setdefault("P", len(names) if isinstance(names, list) else None)
+        cfg.setdefault("group", self.group_name)
+        cfg.setdefault("return_pdf_for_stats", self.return_pdf)
+        cfg.setdefault("stats_keys", self.stats_targets or None)
+        return json.dumps(cfg, ensure_ascii=True)
+
     # ------------------------------------------------------------- assembly
     def _existing(self) -> tuple[bool, dict[str, Any]]:
         """(whether the file holds anything but this group, the group's own attributes
@@ -925,6 +970,7 @@ class GridFitHDF5Writer:
         g = f.require_group(self.group_name)
         g.attrs["configuration"] = self._config_text
         g.attrs["format"] = FORMAT
+        g.create_group("configuration").attrs["json"] = self._besta_configuration()
         m = self.n_rows
         kw = {}
         if self.compression and m > 0:  # an empty dataset cannot be chunked

@@ -5,6 +5,7 @@ from .likelihoods import AbstractLikelihood as AbstractLikelihood
 from .likelihoods import CensoredSizeLikelihood as CensoredSizeLikelihood
 from .likelihoods import CompositeLikelihood as CompositeLikelihood
 from .likelihoods import GaussianProductLikelihood as GaussianProductLikelihood
+from .likelihoods import NumbaGaussianProductLikelihood as NumbaGaussianProductLikelihood
 from .posterior import log_evidence as log_evidence
 from .posterior import log_posterior_terms as log_posterior_terms
 from .posterior import normalise_log_weights as normalise_log_weights

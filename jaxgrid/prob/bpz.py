@@ -37,7 +37,7 @@ from jaxtyping import Array
 from ..core.checks import float_dtype
 from .optimize import minimize_lbfgs
 from .posterior import log_weights_and_chi2
-from .priors import FlatPrior, ObservableDependentPrior, resolve_column
+from .priors import FlatPrior, ObservableDependentPrior, require_input, resolve_column
 
 __all__ = ["BPZPrior", "HDFN", "CWWSB4_BROAD_TYPES", "fit_bpz_prior", "fit_bpz_prior_photoz"]
 
@@ -259,8 +259,8 @@ class BPZPrior(ObservableDependentPrior, strict=True):
         shift = lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
         return shift + jnp.log(jnp.sum(jnp.exp(v - shift[:, None]), axis=1))
 
-    def log_prob_for_models(self, targets, observables, x):
-        m0 = self.reference_magnitude(x)
+    def log_prob_for_models(self, targets, observables=None, x=None):
+        m0 = self.reference_magnitude(require_input(x, "the observed row x", "BPZPrior"))
         z = targets[:, self.z_col]
         tmpl = jnp.clip(
             jnp.rint(targets[:, self.type_col]).astype(jnp.int32),

@@ -45,6 +45,7 @@ __all__ = [
     "GaussianProductLikelihood",
     "CensoredSizeLikelihood",
     "CompositeLikelihood",
+    "NumbaGaussianProductLikelihood",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -170,8 +171,10 @@ def _gaussian_sums(
     floor: Array,
     scale: Array,
     limit_kind: str,
+    normalised: bool = True,
 ) -> tuple[Float[Array, " cand"], Float[Array, " cand"], Array]:
-    """``(log L (Nc,), chi2 (Nc,), any usable band)`` of one row.
+    """``(log L (Nc,), chi2 (Nc,), any usable band)`` of one row (without the
+    Gaussians' normalisation ``-1/2 sum log(2 pi h^2)`` when not ``normalised``).
 
     The loop runs over the (few) bands, so every operation is an (Nc,)-vector
     op that XLA fuses into one pass over the models; under ``vmap`` the model
@@ -185,6 +188,7 @@ def _gaussian_sums(
     xs = jnp.where(usable, x, 0.0)
     hs = jnp.where(usable, h, 1.0)
     const = -0.5 * jnp.sum(jnp.where(gauss, jnp.log(2.0 * jnp.pi * hs**2), 0.0))
+    const = const if normalised else 0.0
     sign = 1.0 if limit_kind == "flux" else -1.0
     chi2 = jnp.zeros(models.shape[0], dtype=models.dtype)
     limits = jnp.zeros(models.shape[0], dtype=models.dtype)
@@ -228,7 +232,9 @@ def _gaussian_ratio(x, sigma, models, ref, upper, floor, scale, limit_kind, delt
     return out
 
 
-def _host_gaussian_rows(x, sigma, models, upper, floor, scale, limit_kind) -> np.ndarray:
+def _host_gaussian_rows(
+    x, sigma, models, upper, floor, scale, limit_kind, normalised=True
+) -> np.ndarray:
     """`_gaussian_sums` in float64 NumPy, row ``r`` against model ``r`` (R, P) -> (R,)."""
     from scipy.special import log_ndtr as np_log_ndtr
 
@@ -244,6 +250,7 @@ def _host_gaussian_rows(x, sigma, models, upper, floor, scale, limit_kind) -> np
         hs = np.where(usable, h, 1.0)
         r = (models - np.where(usable, x, 0.0)) / hs
         const = -0.5 * np.sum(np.where(gauss, np.log(2.0 * np.pi * hs**2), 0.0), axis=1)
+        const = const if normalised else 0.0
         chi2 = np.sum(np.where(gauss, r * r, 0.0), axis=1)
         sign = 1.0 if limit_kind == "flux" else -1.0
         lim = np.sum(np.where(up & usable, np_log_ndtr(-sign * r), 0.0), axis=1)
@@ -307,6 +314,74 @@ class GaussianProductLikelihood(AbstractLikelihood, strict=True):
 
     def to_standardised(self, mean, std):
         return self  # the floor is in the likelihood's units already
+
+
+class NumbaGaussianProductLikelihood(AbstractLikelihood, strict=True):
+    """BESTA's name for the *unnormalised* Gaussian product:
+    ``log L_i = -1/2 sum_j (m_ij - x_j)^2 / h_j^2`` (no ``log(2 pi h^2)`` term).
+
+    The dropped term is one constant per row, so posteriors, kept sets and every
+    summary equal `GaussianProductLikelihood`'s; only ``log_evidence`` differs (by
+    that constant). JAX, like every jaxgrid likelihood: no numba. ``prefer_batch``
+    (BESTA's batching hint) is accepted and means nothing here.
+
+    Example:
+        >>> lik = NumbaGaussianProductLikelihood(bandwidth_floor=1e-3)
+        >>> lik.log_likelihood(jnp.zeros(2), jnp.ones(2), jnp.zeros((3, 2))).tolist()
+        [0.0, 0.0, 0.0]
+    """
+
+    bandwidth_floor: Array
+    scale: Array
+    limit_kind: str = eqx.field(static=True)
+    prefer_batch: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        bandwidth_floor: ArrayLike = 0.0,
+        scale: ArrayLike = 1.0,
+        prefer_batch: bool = False,
+        limit_kind: str = "flux",
+    ):
+        owner = "NumbaGaussianProductLikelihood"
+        self.bandwidth_floor = scalar_param(bandwidth_floor, "bandwidth_floor", owner, nonneg=True)
+        self.scale = scalar_param(scale, "scale", owner, positive=True)
+        self.limit_kind = _check_limit_kind(limit_kind, owner)
+        self.prefer_batch = bool(prefer_batch)
+
+    def log_likelihood_and_chi2(self, x, sigma, models, upper=None):
+        ll, chi2, any_usable = _gaussian_sums(
+            x, sigma, models, upper, self.bandwidth_floor, self.scale, self.limit_kind, False
+        )
+        return jnp.where(any_usable, ll, -jnp.inf), chi2
+
+    def host_log_likelihood_rows(self, x, sigma, models, upper=None):
+        return _host_gaussian_rows(
+            x, sigma, models, upper, self.bandwidth_floor, self.scale, self.limit_kind, False
+        )
+
+    def log_likelihood_ratio(self, x, sigma, models, ref, upper=None, delta=None):
+        _, usable, _ = _gaussian_bands(x, sigma, upper, self.bandwidth_floor, self.scale)
+        out = _gaussian_ratio(
+            x, sigma, models, ref, upper, self.bandwidth_floor, self.scale, self.limit_kind, delta
+        )
+        return jnp.where(jnp.any(usable), out, -jnp.inf)
+
+    def chi2_dof(self, x, sigma, upper=None):
+        _, _, gauss = _gaussian_bands(x, sigma, upper, self.bandwidth_floor, self.scale)
+        return jnp.sum(gauss).astype(jnp.int32)
+
+    def resolve(self, target_names):
+        return self
+
+    def extensive_cols(self):
+        return ()
+
+    def target_shift(self, x, sigma, models, upper=None):
+        return _no_shift(models)
+
+    def to_standardised(self, mean, std):
+        return self
 
 
 class CensoredSizeLikelihood(AbstractLikelihood, strict=True):

@@ -71,17 +71,23 @@ def normalise_log_weights(lw: Float[Array, " cand"]) -> tuple[Float[Array, " can
 
 
 def posterior_over_models(
-    x: Any,
-    sigma: Any,
-    models: Any,
-    targets: Any,
-    likelihood: AbstractLikelihood,
-    prior: AbstractPrior | AbstractObservableDependentPrior,
+    x: Any = None,
+    sigma: Any = None,
+    models: Any = None,
+    targets: Any = None,
+    likelihood: AbstractLikelihood | None = None,
+    prior: AbstractPrior | AbstractObservableDependentPrior | None = None,
     model_weights: Any = None,
     upper: Any = None,
     models_native: Any = None,
     x_native: Any = None,
     target_names: Sequence[str] | None = None,
+    *,
+    sigma_native: Any = None,
+    X_models: Any = None,
+    targets_models: Any = None,
+    observables_models: Any = None,
+    prior_needs_observables: bool | None = None,
 ) -> Float[Array, " cand"]:
     """Normalised posterior weights (Nc,) of the models, summing to 1.
 
@@ -89,10 +95,26 @@ def posterior_over_models(
     excluded) gets all-zero weights — never NaN. Grid weights enter as
     ``log w`` (zero weight = excluded).
 
+    BESTA's keywords work too: ``x_native`` (the row, when ``x`` is not given),
+    ``sigma_native``, ``X_models``, ``targets_models``, ``observables_models`` (=
+    ``models_native``); ``prior_needs_observables`` is accepted and not needed (the
+    prior's type says it).
+
     Example:
         >>> w = posterior_over_models(x, s, grid.observables, grid.targets,
         ...                           GaussianProductLikelihood(), FlatPrior())
     """
+    if x is None:  # BESTA's call: the row is x_native, in the likelihood's units
+        x = x_native
+    sigma = sigma_native if sigma is None else sigma
+    models = X_models if models is None else models
+    targets = targets_models if targets is None else targets
+    models_native = observables_models if models_native is None else models_native
+    given = {"x": x, "sigma": sigma, "models": models, "targets": targets}
+    given.update(likelihood=likelihood, prior=prior)
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise TypeError(f"posterior_over_models: missing {missing}.")
     lw = log_posterior_terms(
         x,
         sigma,

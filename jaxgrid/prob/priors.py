@@ -145,10 +145,12 @@ class AbstractObservableDependentPrior(eqx.Module, strict=True):
     def log_prob_for_models(
         self,
         targets: Float[Array, "cand targets"],
-        observables: Float[Array, "cand obs"],
-        x: Float[Array, " obs"],
+        observables: Float[Array, "cand obs"] | None = None,
+        x: Float[Array, " obs"] | None = None,
     ) -> Float[Array, " cand"]:
-        """Log prior density of each model given observables."""
+        """Log prior density of each model given the models' observables and the
+        observed row ``x``; a prior that needs one that is not given raises
+        ``ValueError`` (as BESTA's observable-dependent priors)."""
 
     @abc.abstractmethod
     def resolve(self, target_names, observable_names=None) -> "AbstractObservableDependentPrior":
@@ -157,6 +159,16 @@ class AbstractObservableDependentPrior(eqx.Module, strict=True):
 
 #: The former name of `AbstractObservableDependentPrior` (the same class).
 ObservableDependentPrior = AbstractObservableDependentPrior
+
+
+def require_input(value, name: str, owner: str):
+    """``value``, or a ``ValueError`` telling the caller to pass ``name``."""
+    if value is None:
+        raise ValueError(
+            f"{owner}.log_prob_for_models: this prior depends on {name}; pass "
+            f"log_prob_for_models(targets, observables=..., x=...) (GridFitter does)."
+        )
+    return value
 
 
 def prior_log_prob(prior, targets, observables, x) -> Float[Array, " cand"]:
@@ -615,7 +627,7 @@ class MagDependentRedshiftPrior(AbstractObservableDependentPrior, strict=True):
             self, log_table=np.log(np.stack(rows)), log_marginal=np.log(marginal)
         )
 
-    def log_prob_for_models(self, targets, observables, x):
+    def log_prob_for_models(self, targets, observables=None, x=None):
         if self.log_table is None:
             raise RuntimeError(
                 "MagDependentRedshiftPrior is not fitted: prior = prior.fit_from_grid(grid)."
@@ -624,8 +636,9 @@ class MagDependentRedshiftPrior(AbstractObservableDependentPrior, strict=True):
         iz = bin_index(targets[:, _column(self.z_col, owner)], self.z_edges, "clamp")
         mcol = _column(self.mag_observable_index, owner)
         if self.magnitude_from == "models":
+            observables = require_input(observables, "the models' observables", owner)
             return self.log_table[bin_index(observables[:, mcol], self.m_edges, "clamp"), iz]
-        m_obs = x[mcol]
+        m_obs = require_input(x, "the observed row x", owner)[mcol]
         m_safe = jnp.where(jnp.isfinite(m_obs), m_obs, 0.0)
         row = self.log_table[bin_index(m_safe, self.m_edges, "clamp")]
         return jnp.where(jnp.isfinite(m_obs), row[iz], self.log_marginal[iz])
@@ -703,7 +716,8 @@ class ObservableCompositePrior(AbstractObservableDependentPrior, strict=True):
             [p.resolve(target_names, observable_names) for p in self.priors], self.weights
         )
 
-    def log_prob_for_models(self, targets, observables, x):
+    def log_prob_for_models(self, targets, observables=None, x=None):
+        require_input(observables, "the models' observables", "ObservableCompositePrior")
         kept = [(p, w) for p, w in zip(self.priors, self.weights, strict=True) if w != 0.0]
         terms = [prior_log_prob(p, targets, observables, x) for p, _ in kept]
         return _weighted_sum(terms, [w for _, w in kept], targets.shape[0], targets.dtype)
