@@ -263,7 +263,8 @@ def gather_members(index: CellIndex, row: np.ndarray, coords: np.ndarray):
 
 
 def _box_hits(index: CellIndex, rows, lo, hi):
-    """``(row, start, count)`` of the occupied cells inside each row's box ``lo..hi``.
+    """``(row, start, count)`` of the occupied cells inside each row's box ``lo..hi``
+    (``start`` identifies the cell).
 
     Rows are enumerated in blocks of about ``PAIR_BUDGET`` cells; a row whose box
     holds more cells than the index has occupied cells tests the occupied cells
@@ -277,7 +278,8 @@ def _box_hits(index: CellIndex, rows, lo, hi):
         pick = narrow[blk]
         r, c = box_cells(lo[pick], hi[pick])
         start, count = index.lookup(c)
-        out.append((rows[pick][r], start, count))
+        hit = count > 0
+        out.append((rows[pick][r][hit], start[hit], count[hit]))
     wide = np.flatnonzero(wide)
     per = max(1, PAIR_BUDGET // max(index.n_cells, 1))
     for b in range(0, wide.size, per):
@@ -506,7 +508,7 @@ class SpaceBinner:
         got = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), np.int64)
         valid = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k), bool)
         level = parts[0][2] if parts else self._empty_level()
-        if isinstance(level, np.ndarray):
+        if parts and isinstance(level, np.ndarray):
             level = np.concatenate([p[2] for p in parts])
         idx[~fallback], mask[~fallback] = got, valid
         if isinstance(level, np.ndarray):  # per served row -> per row, -1 on fallback rows
