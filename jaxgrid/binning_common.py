@@ -330,21 +330,27 @@ def rank_and_pad(row, model, dist, m: int, k: int):
 
 
 def _kth_distance(row, dist, counts, k: int) -> np.ndarray:
-    """Each row's k-th smallest distance (inf with fewer than k), in dense row blocks."""
+    """Each row's k-th smallest distance (inf with fewer than k): rows of similar
+    length are partitioned together in dense (rows, longest) blocks of about
+    ``PAIR_BUDGET`` entries."""
     order = np.argsort(row, kind="stable")
-    row, dist = row[order], dist[order]
+    dist = dist[order]
     start = np.cumsum(counts) - counts
     kth = np.full(counts.size, np.inf)
-    width = np.maximum(counts, 1)
-    for blk in row_blocks(width):
-        if blk.size == 0:
-            continue
-        lo, hi = start[blk[0]], start[blk[-1]] + counts[blk[-1]]
-        r, dd = row[lo:hi] - blk[0], dist[lo:hi]
-        dense = np.full((blk.size, int(counts[blk].max(initial=1))), np.inf)
-        dense[r, np.arange(r.size) - (start[blk] - lo)[r]] = dd
-        if dense.shape[1] >= k:
-            kth[blk] = np.partition(dense, k - 1, axis=1)[:, k - 1]
+    rows = np.flatnonzero(counts >= k)[np.argsort(counts[counts >= k], kind="stable")]
+    b = 0
+    while b < rows.size:  # a loop over blocks: rows sorted by length
+        n_rows = np.arange(1, rows.size - b + 1)
+        fits = n_rows * counts[rows[b:]] <= PAIR_BUDGET
+        stop = b + max(1, int(np.searchsorted(~fits, True)))
+        blk = rows[b:stop]
+        width = int(counts[blk].max())
+        r = np.repeat(np.arange(blk.size), counts[blk])
+        pos = ragged_arange(start[blk], counts[blk])
+        dense = np.full((blk.size, width), np.inf)
+        dense[r, pos - np.repeat(start[blk], counts[blk])] = dist[pos]
+        kth[blk] = np.partition(dense, k - 1, axis=1)[:, k - 1]
+        b = stop
     return kth
 
 
