@@ -499,3 +499,34 @@ def test_fit_batch_equals_the_full_grid_when_every_model_is_kept(rng, name):
     fb = (status & Status.FULL_GRID_FALLBACK) != 0
     assert fb.tolist() == [i == 3 for i in range(20)]
     assert (levels[fb] == -1).all() and (levels[~fb] >= 0).all()
+
+
+def test_hashed_radius_wider_than_the_grid_takes_the_nearest_k(grid, rng):
+    # a region spanning more cells than the grid occupies: the occupied cells are
+    # tested instead of enumerated (binning_common._box_hits)
+    z, to_z, _ = _standardized(grid, [0, 1, 2])
+    b = HashedGridBinner(
+        dims=[0, 1, 2], select_mode="radius", radius_shape="ball", max_candidates=50
+    ).fit(grid)
+    Y, _ = _rows(grid, rng, m=5)
+    idx, mask, _, _ = b.batch_candidates(Y, np.full_like(Y, 1e3))
+    d = np.linalg.norm(z[None] - to_z(Y[:, :3])[:, None], axis=2)
+    np.testing.assert_array_equal(idx, np.argsort(d, axis=1, kind="stable")[:, :50])
+    assert mask.all()
+
+
+def test_fit_batch_rejects_a_level_of_the_wrong_shape(rng):
+    g = make_grid(rng, n=300, p=3, q=2)  # the shapes of the test above: no new compile
+
+    class Bad:
+        n_candidates = 300
+
+        def batch_candidates(self, Y, SIG):
+            m = len(Y)
+            idx = np.tile(np.arange(300), (m, 1))
+            return idx, np.ones((m, 300), bool), np.zeros(m + 1, int)
+
+    Y, S = _rows(g, rng, m=20)
+    kw = dict(stats_for=["t1"], return_mode="chunks", verbose=False, chunk_size=8)
+    with pytest.raises(ValueError, match="level"):
+        list(GridFitter(g).fit_batch(Y, S, binner=Bad(), **kw))
