@@ -25,6 +25,7 @@ SCRIPTS = {
     "dask_scaling.py": "worker process(es)",
     "photoz_vs_bpz.py": "estimator",
     "vs_besta.py": "jaxgrid obj/s",
+    "binners.py": "| binner | K | candidates/row | recall top-100 |",
 }
 #: what a script says about the baseline it skipped
 SKIPPED = {"vs_besta.py": "BESTA not given", "photoz_vs_bpz.py": "BPZ skipped"}

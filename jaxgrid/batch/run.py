@@ -23,6 +23,21 @@ from .plan import BatchPlan
 logger = logging.getLogger("jaxgrid")
 
 
+def _level_rows(level, n: int) -> np.ndarray:
+    """The binner's level per row: None -> -1, one int for the chunk, or an (n,) array."""
+    if level is None:
+        return np.full(n, -1, np.int64)
+    a = np.asarray(level)
+    if a.ndim == 0:
+        return np.full(n, int(a), np.int64)
+    if a.shape != (n,):
+        raise ValueError(
+            f"binner.batch_candidates returned level {a.shape} for {n} rows; it must be "
+            "None, an int or one int per row."
+        )
+    return np.where(a < 0, -1, a).astype(np.int64)
+
+
 def _check_candidates(idx: Any, mask: Any, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The binner's ``(idx, mask)`` for ``n`` rows as int64 and bool (n, k) arrays.
     Output malformed as a whole (shape, dtype) raises; indices outside the grid are
@@ -242,7 +257,7 @@ class _Runner:
         n = rows.size
         plan = self.plan
         host = _gather(outs)
-        level_rows = np.full(n, -1 if level is None else int(level), np.int64)
+        level_rows = _level_rows(level, n)
         fb_rows = None
         if fb is not None:
             fb_rows, fb_outs = fb
