@@ -16,9 +16,12 @@ def test_fit_batch_signature_is_the_options_fields_with_their_defaults():
     params = list(sig.parameters.values())
     assert [p.name for p in params[:3]] == ["self", "X_native", "SIG_native"]
     fields = dataclasses.fields(BatchOptions)
-    assert [p.name for p in params[3:]] == [f.name for f in fields]
-    for p, f in zip(params[3:], fields, strict=True):
+    # then BESTA's keywords with no BatchOptions field (mapped or ignored with a warning)
+    besta = ["max_memory_gb", "memcheck_sample", "safety_margin", "tasks_per_worker"]
+    assert [p.name for p in params[3:]] == [f.name for f in fields] + besta
+    for p, f in zip(params[3:], fields, strict=False):
         assert p.default == f.default, p.name
+    assert all(sig.parameters[name].default is None for name in besta)
     # BESTA's positional order up to dry_run; the rest keyword-only
     kinds = {p.name: p.kind for p in params}
     assert kinds["dry_run"] is inspect.Parameter.POSITIONAL_OR_KEYWORD
