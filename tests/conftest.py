@@ -1,6 +1,24 @@
-import jax
-import numpy as np
-import pytest
+import atexit
+import os
+import shutil
+import tempfile
+
+# A persistent XLA compilation cache for the test session (set before JAX is imported,
+# and inherited by the subprocesses tests start: CLI runs, killed writers, notebooks,
+# bench smoke runs). The same step configurations are compiled again and again — after
+# every module's jax.clear_caches() and in every subprocess — and a cache hit is a load,
+# not a compile. Test configuration only: the library never sets it. An explicit
+# JAX_COMPILATION_CACHE_DIR of the caller wins.
+# One folder per pytest process (xdist workers do not share one), removed at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="jaxgrid-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from jaxgrid import ModelGrid
 

@@ -51,11 +51,11 @@ def assert_readable_or_absent(path):
 
 
 def test_kill_at_random_instants_then_resume_equals_uninterrupted_run(tmp_path, clean_run):
-    """20 SIGKILLs at random instants (start-up, compilation, journal writes, assembly,
-    exit), four chains of five kills, each run resuming the one killed before it."""
+    """15 SIGKILLs at random instants (start-up, compilation, journal writes, assembly,
+    exit), three chains of five kills, each run resuming the one killed before it."""
     rnd = random.Random(13)
     kills = 0
-    for chain in range(4):
+    for chain in range(3):
         path = tmp_path / f"chain{chain}.h5"
         for _ in range(5):
             proc = subprocess.Popen(
@@ -79,7 +79,7 @@ def test_kill_at_random_instants_then_resume_equals_uninterrupted_run(tmp_path, 
         assert_same_file(path, clean_run)
         assert not journal_path(path, "/fit_batch").exists()
         assert not Path(f"{path}.lock").exists()
-    assert kills >= 15  # most runs were really killed (not finished first)
+    assert kills >= 11  # most runs were really killed (not finished first)
 
 
 @pytest.mark.parametrize("crash", ["record:1", "record:7", "assemble"])
