@@ -232,6 +232,20 @@ def _gaussian_ratio(x, sigma, models, ref, upper, floor, scale, limit_kind, delt
     return out
 
 
+def _gaussian_ratio_or_unusable(lik, x, sigma, models, ref, upper, delta) -> Array:
+    """`_gaussian_ratio` of a Gaussian-product likelihood ``lik`` (``-inf``: row unusable)."""
+    floor, scale = lik.bandwidth_floor, lik.scale
+    _, usable, _ = _gaussian_bands(x, sigma, upper, floor, scale)
+    out = _gaussian_ratio(x, sigma, models, ref, upper, floor, scale, lik.limit_kind, delta)
+    return jnp.where(jnp.any(usable), out, -jnp.inf)
+
+
+def _gaussian_dof(lik, x, sigma, upper) -> Array:
+    """The chi2 degrees of freedom of a Gaussian-product likelihood: its Gaussian bands."""
+    _, _, gauss = _gaussian_bands(x, sigma, upper, lik.bandwidth_floor, lik.scale)
+    return jnp.sum(gauss).astype(jnp.int32)
+
+
 def _host_gaussian_rows(
     x, sigma, models, upper, floor, scale, limit_kind, normalised=True
 ) -> np.ndarray:
@@ -293,15 +307,10 @@ class GaussianProductLikelihood(AbstractLikelihood, strict=True):
         )
 
     def log_likelihood_ratio(self, x, sigma, models, ref, upper=None, delta=None):
-        _, usable, _ = _gaussian_bands(x, sigma, upper, self.bandwidth_floor, self.scale)
-        out = _gaussian_ratio(
-            x, sigma, models, ref, upper, self.bandwidth_floor, self.scale, self.limit_kind, delta
-        )
-        return jnp.where(jnp.any(usable), out, -jnp.inf)
+        return _gaussian_ratio_or_unusable(self, x, sigma, models, ref, upper, delta)
 
     def chi2_dof(self, x, sigma, upper=None):
-        _, _, gauss = _gaussian_bands(x, sigma, upper, self.bandwidth_floor, self.scale)
-        return jnp.sum(gauss).astype(jnp.int32)
+        return _gaussian_dof(self, x, sigma, upper)
 
     def resolve(self, target_names):
         return self
@@ -361,15 +370,10 @@ class NumbaGaussianProductLikelihood(AbstractLikelihood, strict=True):
         )
 
     def log_likelihood_ratio(self, x, sigma, models, ref, upper=None, delta=None):
-        _, usable, _ = _gaussian_bands(x, sigma, upper, self.bandwidth_floor, self.scale)
-        out = _gaussian_ratio(
-            x, sigma, models, ref, upper, self.bandwidth_floor, self.scale, self.limit_kind, delta
-        )
-        return jnp.where(jnp.any(usable), out, -jnp.inf)
+        return _gaussian_ratio_or_unusable(self, x, sigma, models, ref, upper, delta)
 
     def chi2_dof(self, x, sigma, upper=None):
-        _, _, gauss = _gaussian_bands(x, sigma, upper, self.bandwidth_floor, self.scale)
-        return jnp.sum(gauss).astype(jnp.int32)
+        return _gaussian_dof(self, x, sigma, upper)
 
     def resolve(self, target_names):
         return self
