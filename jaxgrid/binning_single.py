@@ -62,21 +62,24 @@ class SingleObjectBinner:
         }
 
     def batch_candidates(self, Y, SIG):
-        """``(idx (M, K), mask (M, K), level, fallback (M,))`` from one ``candidates``
-        call per row; ``level`` is the rows' common level, else None."""
+        """``(idx (M, K), mask (M, K), level (M,), fallback (M,))`` from one
+        ``candidates`` call per row (``level`` -1 where a row gave none)."""
         Y, SIG = np.asarray(Y), np.asarray(SIG)
         m, k = Y.shape[0], self.n_candidates
         idx = np.zeros((m, k), dtype=np.int64)
         mask = np.zeros((m, k), dtype=bool)
         fallback = np.zeros(m, dtype=bool)
-        levels = set()
+        levels = np.full(m, -1, dtype=np.int64)
+        too_long = 0
         for r in range(m):  # the user's per-object call: this loop is the adapter's job
             got = self.binner.candidates(Y[r], SIG[r])
             cand, level = got if isinstance(got, tuple) else (got, None)
             cand = np.asarray(cand).reshape(-1)
-            levels.add(None if level is None else int(level))
+            if level is not None:
+                levels[r] = int(level)
             if cand.size == 0 or cand.size > k:
                 fallback[r] = True
+                too_long += cand.size > k
                 continue
             if not np.issubdtype(cand.dtype, np.integer):
                 raise ValueError(
@@ -84,20 +87,17 @@ class SingleObjectBinner:
                     "model indices must be integers."
                 )
             idx[r, : cand.size], mask[r, : cand.size] = cand, True
-        too_long = int(np.count_nonzero(fallback & np.any(~mask, axis=1)))
         if too_long and not self._warned:
             self._warned = True
             logger.warning(
-                "%s.candidates gave %d row(s) an empty list or more than max_candidates=%d "
-                "models: they are fitted against the full grid (Status.FULL_GRID_FALLBACK). "
-                "Wrap the binner in jaxgrid.binning_single.SingleObjectBinner(binner, "
-                "max_candidates=...) for longer lists.",
+                "%s.candidates gave %d row(s) more than max_candidates=%d models: they are "
+                "fitted against the full grid (Status.FULL_GRID_FALLBACK). Pass a larger "
+                "SingleObjectBinner(binner, max_candidates=...) as the binner.",
                 type(self.binner).__name__,
                 too_long,
                 k,
             )
-        level = levels.pop() if len(levels) == 1 else None
-        return idx, mask, level, fallback
+        return idx, mask, levels, fallback
 
 
 def as_batched(binner: Any) -> Any:

@@ -235,7 +235,7 @@ def read_fits(
                 f"from_fits_table: HDU {table_hdu!r} of {path} was not written by jaxgrid; pass "
                 "observable_cols and target_cols (lists of names or {new: source} maps)."
             )
-        onames, tnames = header["OBSNAME"].split(","), header["TGTNAME"].split(",")
+        onames, tnames = _names(header["OBSNAME"]), _names(header["TGTNAME"])
         omap = omap or {n: n for n in onames}
         tmap = tmap or {n: n for n in tnames}
         if weight_col is None and "weight" in table.colnames:
@@ -248,17 +248,35 @@ def read_fits(
             f"from_fits_table: columns {missing} not in {path}; columns: {table.colnames}."
         )
     rows = slice(None) if row_mask is None else _mask(row_mask, len(table), "row_mask")
-    obs = np.stack([np.asarray(table[c])[rows] for c in omap.values()], axis=1)
-    tgt = np.stack([np.asarray(table[c])[rows] for c in tmap.values()], axis=1)
+    n = len(np.arange(len(table))[rows])
+    obs = _columns([np.asarray(table[c])[rows] for c in omap.values()], n)
+    tgt = _columns([np.asarray(table[c])[rows] for c in tmap.values()], n)
     w = None if weight_col is None else np.asarray(table[weight_col])[rows]
     meta = _fits_meta(header, meta_key, path)
     grid = cls(obs, tgt, list(omap), list(tmap), weights=w, meta=meta)
     if written:
-        onames, tnames = header["OBSNAME"].split(","), header["TGTNAME"].split(",")
+        onames, tnames = _names(header["OBSNAME"]), _names(header["TGTNAME"])
         ocols = [onames.index(c) if c in onames else 10**9 for c in omap.values()]
         tcols = [tnames.index(c) if c in tnames else 10**9 for c in tmap.values()]
         _restore_standardisers(grid, header.get("JGSTD"), ocols, tcols)
     return grid
+
+
+def _names(text: str) -> list[str]:
+    """Comma-joined names (an empty string: none, as a grid without targets)."""
+    return [s for s in str(text).split(",") if s]
+
+
+def _columns(cols: list, n: int) -> np.ndarray:
+    """(n, len(cols)) from 1-D columns; (n, 0) when there are none (BESTA writes grids
+    without targets)."""
+    return np.stack(cols, axis=1) if cols else np.empty((n, 0))
+
+
+def _group_rows(g, used: list[str]) -> int:
+    if used:
+        return int(g[used[0]].shape[0])
+    return int(g.attrs.get("n_models", 0))
 
 
 def _fits_meta(header, meta_key: str | None, path) -> dict:
@@ -391,8 +409,9 @@ def read_hdf5(
                 f"from_hdf5: the datasets under {group!r} in {path} must be 1-D with one entry "
                 f"per model; their lengths differ: {lengths}."
             )
-        obs = np.stack([g[d][rows] for d in omap.values()], axis=1)
-        tgt = np.stack([g[d][rows] for d in tmap.values()], axis=1)
+        n = len(range(*rows.indices(_group_rows(g, used))))
+        obs = _columns([g[d][rows] for d in omap.values()], n)
+        tgt = _columns([g[d][rows] for d in tmap.values()], n)
         w = None if weight_dset is None else g[weight_dset][rows]
         meta = json.loads(g.attrs["meta"]) if "meta" in g.attrs else {}
         std_text = g.attrs.get("standardisers")
@@ -448,11 +467,23 @@ def grid_from_dict(d: Any, *, cls: type, check_boundaries=None) -> Any:
         list(d["observable_names"]),
         list(d["target_names"]),
         weights=None if weights is None else np.asarray(weights, dtype=np.float64),
-        meta=dict(d.get("meta") or {}),
+        meta=_plain(dict(d.get("meta") or {})),
         check_boundaries=check_boundaries,
     )
     _restore_standardisers(grid, d.get("standardisers"))
     return grid
+
+
+def _plain(v: Any) -> Any:
+    """``v`` with NumPy arrays and scalars as lists and Python numbers (BESTA's dicts
+    pass its meta through unchanged, NumPy values included): JSON-able meta."""
+    if isinstance(v, dict):
+        return {str(k): _plain(u) for k, u in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(u) for u in v]
+    if isinstance(v, np.ndarray | np.generic):
+        return v.tolist()
+    return v
 
 
 # ------------------------------------------------------------------ pickle
@@ -491,7 +522,15 @@ def write_pickle(grid: Any, path: str | Path) -> None:
 def read_pickle(path: str | Path, *, cls: type) -> Any:
     """Read a grid written by `write_pickle` (``TypeError`` for any other pickle)."""
     with open(path, "rb") as fh:
-        payload = pickle.load(fh)  # noqa: S301 - the user's own file
+        try:
+            payload = pickle.load(fh)  # noqa: S301 - the user's own file
+        except ModuleNotFoundError as err:
+            if (err.name or "").split(".")[0] != "besta":
+                raise
+            raise TypeError(
+                f"from_pickle: {path} is a BESTA pickle (it needs BESTA's own class); in "
+                "BESTA, write the grid with grid.to_hdf5(path) and load that file."
+            ) from None
     if not isinstance(payload, dict) or payload.get("format") != _PICKLE_FORMAT:
         raise TypeError(
             f"from_pickle: {path} does not hold a jaxgrid ModelGrid (got {type(payload).__name__})."

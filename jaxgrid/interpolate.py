@@ -10,9 +10,14 @@ respect to the query.
 * ``"nearest"``: the nearest model's observables;
 * ``"idw"``: inverse-distance weights ``1 / d^p`` over the ``k`` neighbours;
   exact matches (``d <= eps``) average their observables;
-* ``"local_linear"``: least squares ``y ~ a + B (t - q)`` over the ``k``
-  neighbours (ridge ``ridge``), the prediction is ``a``; reproduces any
-  affine map of the targets exactly; needs ``k >= Q + 1``.
+* ``"local_linear"``: weighted least squares ``y ~ a + B (t - q)`` over the ``k``
+  neighbours, weights ``1 / (d^p + eps)`` as in ``"idw"`` (ridge ``ridge`` on
+  the normal equations), the prediction is ``a``; reproduces any affine map of the
+  targets exactly; needs ``k >= Q + 1``.
+
+Distances are in z-scored target units when ``standardize``: by the grid's fitted
+target standardiser, or the grid's own mean and std when it has none (what fitting
+it would give; the grid is not changed). Both as BESTA.
 
 In every mode a query that coincides with grid models (distance <= ``eps``)
 returns the average of their observables.
@@ -68,8 +73,13 @@ def interpolate_observables(
             f"interpolate_observables: `targets_query` must be (M, {q_dim}), got {query.shape}."
         )
     t_host = np.asarray(grid.targets, np.float64)
-    mean = t_host.mean(0) if standardize else np.zeros(q_dim)
-    sd = t_host.std(0) if standardize else np.ones(q_dim)
+    std = grid.target_standardiser
+    if standardize and std.is_fitted:
+        mean, sd = np.asarray(std.mean, np.float64), np.asarray(std.std, np.float64)
+    elif standardize:
+        mean, sd = t_host.mean(0), t_host.std(0)
+    else:
+        mean, sd = np.zeros(q_dim), np.ones(q_dim)
     sd = np.where(sd > 0, sd, 1.0)
     tree = cKDTree((t_host - mean) / sd)
     check = grid.check_boundaries
@@ -105,10 +115,11 @@ def interpolate_observables(
             w_ex = exact.astype(y.dtype)
             w = jnp.where(jnp.any(exact), w_ex, w)
             return (w @ y) / jnp.sum(w)
-        # local linear: weighted least squares with a ridge on the slope
+        # local linear: least squares weighted as idw (BESTA's), ridge on the normal equations
+        w = 1.0 / (jnp.sqrt(jnp.where(exact, 1.0, d2)) ** p + eps)
         X = jnp.concatenate([jnp.ones((nb.shape[0], 1), y.dtype), dt], axis=1)
-        reg = ridge * jnp.diag(jnp.concatenate([jnp.zeros(1, y.dtype), jnp.ones(q_dim, y.dtype)]))
-        beta = jnp.linalg.solve(X.T @ X + reg, X.T @ y)
+        Xw = X * w[:, None]
+        beta = jnp.linalg.solve(Xw.T @ X + ridge * jnp.eye(q_dim + 1, dtype=y.dtype), Xw.T @ y)
         w_ex = exact.astype(y.dtype)
         exact_mean = (w_ex @ y) / jnp.maximum(jnp.sum(w_ex), 1.0)
         return jnp.where(jnp.any(exact), exact_mean, beta[0])

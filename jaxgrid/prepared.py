@@ -201,7 +201,10 @@ class PreparedGrid:
         std = grid.standardiser
         if self.use_standardised:
             self.mean_std = (np.array(std.mean, np.float64), np.array(std.std, np.float64))
-            self.standardiser = json.loads(json.dumps(std.to_dict()))
+            # jaxgrid's keys only (not the BESTA aliases): the run configuration of
+            # files written before those existed stays equal, so they resume
+            own = {k: v for k, v in std.to_dict().items() if k in ("fitted", "mean", "std")}
+            self.standardiser = json.loads(json.dumps(own))
         else:
             self.mean_std = (np.zeros(p), np.ones(p))
             self.standardiser = None

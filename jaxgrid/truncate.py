@@ -9,8 +9,11 @@ helper and ``fit_batch`` can never disagree on a kept set.
 Differences from BESTA 0.6.2 (docs/besta.md): the weights are normalised first
 (BESTA's docstring says so; its code assumes normalised input); at least one model
 is kept when any weight is positive (BESTA keeps none at ``keep_mass <= 0``); as in
-``fit_batch``, truncation is off at ``keep_mass >= 0.9999`` without a max or ties
-(every candidate kept, in input order); tied candidates are ordered by index.
+``fit_batch``, truncation is off at ``keep_mass >= 0.9999`` without a max (every
+candidate kept, in input order); tied candidates are ordered by index; zero weights
+are never kept (BESTA keeps them to reach ``min_candidates``). The kept count comes
+from the engine's scaled weights (``w / max w``): at a boundary within float64
+rounding of ``keep_mass`` it can differ by one model from a plain cumulative sum.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def truncate_posterior_mass(
     p = p / total
     ess_before = _ess(p)
     ties = bool(keep_ties) and kmax is None
-    if keep_mass >= _OFF_MASS and kmax is None and not ties:
+    if keep_mass >= _OFF_MASS and kmax is None:  # as BatchOptions.truncate
         return idx.copy(), p, _meta(n, n, keep_mass, 1.0, np.nan, ess_before, ess_before)
     order = np.argsort(-p, kind="stable")  # descending, ties in index order
     with np.errstate(divide="ignore"):

@@ -76,6 +76,9 @@ def test_observable_dependent_priors_need_observables(grid):
         z.log_prob_for_models(t)
     with pytest.raises(ValueError, match="observables"):
         ObservableCompositePrior([z]).log_prob_for_models(t)
+    # members ask for what they need: plain priors need nothing (as BESTA)
+    flat = ObservableCompositePrior([jaxgrid.FlatPrior()]).log_prob_for_models(t)
+    np.testing.assert_array_equal(flat, np.zeros(300))
     assert ObservableCompositePrior([z]).log_prob_for_models(t, grid.observables).shape == (300,)
 
 
@@ -106,7 +109,7 @@ class _OnlyCandidates:
     def candidates(self, y, sigma=None):
         self.calls += 1
         _, idx = self.tree.query(y, k=self.k)
-        return np.asarray(idx), self.k
+        return np.asarray(idx), (self.calls - 1) % 3  # a level per row
 
 
 def test_binner_with_only_candidates(grid, rng, caplog):
@@ -123,13 +126,24 @@ def test_binner_with_only_candidates(grid, rng, caplog):
     b = next(iter(f.fit_batch(X, S, binner=kd, **kw)))
     np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-5)
     np.testing.assert_array_equal(a["candidate_idx"], b["candidate_idx"])
-    assert np.all(a["level"] == 40)
+    np.testing.assert_array_equal(a["level"], np.arange(10) % 3)  # per-row levels kept
     # longer than the pool: the full grid, flagged, never cut
     wide = jaxgrid.binning_single.SingleObjectBinner(_OnlyCandidates(tree, 60), max_candidates=50)
     c = next(iter(f.fit_batch(X, S, binner=wide, **kw)))
     assert np.all(c["status"] & Status.FULL_GRID_FALLBACK)
     full = next(iter(f.fit_batch(X, S, **kw)))
     np.testing.assert_allclose(c["mean"], full["mean"], rtol=1e-5)
+
+
+def test_configuration_keeps_the_standardisers_stored_form(grid, tmp_path):
+    """Files written before the BESTA key aliases must resume: the run configuration
+    stores the standardiser as {fitted, mean, std}, as it always did."""
+    f = GridFitter(grid)  # use_standardised: the default
+    X, S = np.asarray(grid.observables)[:3], np.full((3, 3), 0.3)
+    path = tmp_path / "r.h5"
+    f.fit_batch(X, S, output_hdf5_path=str(path), output_hdf5_write_only=True, verbose=False)
+    cfg = jaxgrid.io.read_fit_results(path)["configuration"]
+    assert set(cfg["standardiser"]) == {"fitted", "mean", "std"}
 
 
 def test_hdf5_configuration_group_and_stats_spec(grid, tmp_path):

@@ -133,3 +133,22 @@ def test_jaxgrid_files_have_what_besta_reads(tmp_path):
     assert ModelGrid.from_fits_table(tmp_path / "g.fits").meta == made.META
     grid.to_hdf5(tmp_path / "nometa.h5", include_meta=False)
     assert ModelGrid.from_hdf5(tmp_path / "nometa.h5").meta == {}
+
+
+@pytest.mark.parametrize("name", ["besta_no_targets.h5", "besta_no_targets.fits"])
+def test_besta_grid_without_targets_loads(name):
+    grid = ModelGrid.load_auto(DATA / name)
+    assert grid.n_targets == 0 and grid.target_names == []
+    np.testing.assert_array_equal(np.asarray(grid.observables), OBS.astype(np.float32))
+    assert grid.meta == {"kind": "observables only"}
+
+
+def test_besta_pickle_gets_a_clear_error():
+    with pytest.raises(TypeError, match="BESTA pickle.*to_hdf5"):
+        ModelGrid.from_pickle(DATA / "besta_grid.pkl")
+
+
+def test_besta_dict_with_numpy_meta():
+    d = json.loads((DATA / "besta_fitted_dict.json").read_text())
+    d["meta"] = {"arr": np.arange(3), "x": np.float32(1.5), "nested": {"v": np.int64(2)}}
+    assert ModelGrid.from_dict(d).meta == {"arr": [0, 1, 2], "x": 1.5, "nested": {"v": 2}}

@@ -114,3 +114,34 @@ def test_besta_calling_conventions():
     )
     with pytest.raises(ValueError, match="`k`"):
         grid.interpolate_observables(q, k=0)
+
+
+def _local_linear_reference(t, y, q, k, p=2.0, eps=1e-12, ridge=1e-8, mean=None, sd=None):
+    """float64 NumPy: the k nearest in z-scored targets, weights 1 / (d^p + eps),
+    least squares on [1, t - q] with a ridge on the normal equations (BESTA's)."""
+    mean = t.mean(0) if mean is None else mean
+    sd = t.std(0) if sd is None else sd
+    tz, qz = (t - mean) / sd, (q - mean) / sd
+    out = []
+    for row in qz:
+        d = np.sqrt(np.sum((tz - row) ** 2, axis=1))
+        nb = np.argsort(d, kind="stable")[:k]
+        w = 1.0 / (d[nb] ** p + eps)
+        X = np.column_stack([np.ones(k), tz[nb] - row])
+        beta = np.linalg.solve((X * w[:, None]).T @ X + ridge * np.eye(X.shape[1]),
+                               (X * w[:, None]).T @ y[nb])  # fmt: skip
+        out.append(beta[0])
+    return np.array(out)
+
+
+def test_local_linear_is_weighted_and_uses_the_target_standardiser(x64):
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 1, (400, 2))
+    grid = ModelGrid(smooth(t), t, ["o1", "o2", "o3"], ["a", "b"])
+    q = np.array([[0.31, 0.47], [0.7, 0.2], [0.5, 0.9]])
+    got = np.asarray(grid.interpolate_observables(q))
+    np.testing.assert_allclose(got, _local_linear_reference(t, smooth(t), q, 32), rtol=1e-9)
+    grid.fit_target_standardiser(mask=t[:, 0] < 0.3)  # distances in the fitted z-scores
+    s = grid.target_standardiser
+    want = _local_linear_reference(t, smooth(t), q, 32, mean=s.mean, sd=s.std)
+    np.testing.assert_allclose(np.asarray(grid.interpolate_observables(q)), want, rtol=1e-9)

@@ -717,7 +717,7 @@ class ObservableCompositePrior(AbstractObservableDependentPrior, strict=True):
         )
 
     def log_prob_for_models(self, targets, observables=None, x=None):
-        require_input(observables, "the models' observables", "ObservableCompositePrior")
+        # each member asks for what it needs (ValueError from it when missing)
         kept = [(p, w) for p, w in zip(self.priors, self.weights, strict=True) if w != 0.0]
         terms = [prior_log_prob(p, targets, observables, x) for p, _ in kept]
         return _weighted_sum(terms, [w for _, w in kept], targets.shape[0], targets.dtype)

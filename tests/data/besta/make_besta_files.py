@@ -55,6 +55,14 @@ def main():
     fitted.to_hdf5(str(HERE / "besta_fitted.h5"), overwrite=True)
     fitted.to_fits_table(str(HERE / "besta_fitted.fits"), overwrite=True)
     payload = fitted.to_dict()
+    # a grid without targets (BESTA writes and reads them) and a BESTA pickle
+    no_targets = ModelGrid(
+        observables=obs, targets=np.empty((20, 0)), observable_names=NAMES[0],
+        target_names=[], meta={"kind": "observables only"},
+    )  # fmt: skip
+    no_targets.to_hdf5(str(HERE / "besta_no_targets.h5"), overwrite=True)
+    no_targets.to_fits_table(str(HERE / "besta_no_targets.fits"), overwrite=True)
+    plain.to_pickle(str(HERE / "besta_grid.pkl"))
 
     def plain_json(v):
         if isinstance(v, np.ndarray):
