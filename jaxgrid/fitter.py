@@ -104,6 +104,13 @@ class GridFitter:
                 f"GridFitter: {type(likelihood).__name__} fits a free amplitude and needs native "
                 "fluxes; pass use_standardised=False."
             )
+        if grid.has_model_noise and not type(likelihood).supports_model_noise:
+            raise ValueError(
+                f"GridFitter: the grid has a per-model noise model (model_sigma/model_bias) and "
+                f"{type(likelihood).__name__} does not use one; use GaussianProductLikelihood, "
+                "NumbaGaussianProductLikelihood or ScaledGaussianLikelihood, or drop the noise "
+                "model (grid.with_model_noise())."
+            )
         self.grid = grid
         self.use_standardised = bool(use_standardised)
         if self.use_standardised and not grid.standardiser.is_fitted:

@@ -24,6 +24,7 @@ from .transforms import LinearStandardiser
 __all__ = ["ModelGrid"]
 
 BoundaryCheck = Callable[[Any], Any]
+_RANGE_FIX = "rescale them (other units) or enable float64 (jax_enable_x64) first"
 
 
 def _check_names(names: Sequence[str], n: int, what: str) -> list[str]:
@@ -55,6 +56,14 @@ class ModelGrid:
         weights: optional (N,) non-negative per-model weights (e.g. grid
             cell volumes); enter the posterior as ``log w`` (zero = excluded).
         meta: optional JSON-able dict, stored in every file format.
+        model_sigma: optional (N, P) per-model, per-band error of each model's
+            prediction (native units, >= 0; a noise model, e.g. BEAST's artificial-star
+            tests or a training galaxy's own errors), added in quadrature to the
+            object's error by the likelihoods that support it (Gaussian and
+            free-amplitude; docs/model.md "Per-model noise").
+        model_bias: optional (N, P) per-model, per-band bias of each model's
+            prediction (native units): the likelihood compares the object with
+            ``observables + model_bias``; priors still see ``observables``.
         check_boundaries: optional vectorised callable
             ``targets (M, Q) -> bool (M,)`` telling which target positions lie
             inside the grid's domain (used by interpolation). Kept in memory
@@ -83,6 +92,8 @@ class ModelGrid:
         weights: Any = None,
         meta: dict[str, Any] | None = None,
         check_boundaries: BoundaryCheck | None = None,
+        model_sigma: Any = None,
+        model_bias: Any = None,
     ):
         obs = np.asarray(observables)
         tgt = np.asarray(targets)
@@ -139,9 +150,11 @@ class ModelGrid:
         if check_boundaries is not None and not callable(check_boundaries):
             raise ValueError("ModelGrid: `check_boundaries` must be callable or None.")
         self.check_boundaries = check_boundaries
-        fix = "rescale them (other units) or enable float64 (jax_enable_x64) first"
+        fix = _RANGE_FIX
         self.observables: Float[Array, "models obs"] = _working(obs, "observables", fix)
         self.targets: Float[Array, "models targets"] = _working(tgt, "targets", fix)
+        self.model_sigma = _noise_array(model_sigma, obs.shape, "model_sigma", fix)
+        self.model_bias = _noise_array(model_bias, obs.shape, "model_bias", fix)
         self.standardiser = LinearStandardiser()
         self.target_standardiser = LinearStandardiser()
         self._kdtree = None  # the targets' tree (get_kdtree), built on demand
@@ -166,8 +179,24 @@ class ModelGrid:
     def __repr__(self) -> str:
         return (
             f"ModelGrid(n_models={self.n_models}, observables={self.observable_names}, "
-            f"targets={self.target_names}, weighted={self.weights is not None})"
+            f"targets={self.target_names}, weighted={self.weights is not None}"
+            + (", model noise" if self.has_model_noise else "")
+            + ")"
         )
+
+    @property
+    def has_model_noise(self) -> bool:
+        """Whether the grid carries a per-model noise model (`model_sigma` or `model_bias`)."""
+        return self.model_sigma is not None or self.model_bias is not None
+
+    def with_model_noise(self, model_sigma: Any = None, model_bias: Any = None) -> ModelGrid:
+        """A copy of this grid (standardisers included) with the given noise model (None
+        removes that part); e.g. ``grid.with_model_noise(template_error_sigma(...))``."""
+        new = self.select()
+        shape = new.observables.shape
+        new.model_sigma = _noise_array(model_sigma, shape, "model_sigma", _RANGE_FIX)
+        new.model_bias = _noise_array(model_bias, shape, "model_bias", _RANGE_FIX)
+        return new
 
     # ----------------------------------------------------------------- lookup
     def target_index(self, col: str | int) -> int:
@@ -208,6 +237,10 @@ class ModelGrid:
         obs = np.asarray(self.observables)[rows][:, ocols]
         tgt = np.asarray(self.targets)[rows][:, tcols]
         w = None if self.weights is None else np.asarray(self.weights)[rows]
+        noise = {
+            k: None if v is None else np.asarray(v)[rows][:, ocols]
+            for k, v in (("model_sigma", self.model_sigma), ("model_bias", self.model_bias))
+        }
         new = ModelGrid(
             obs,
             tgt,
@@ -216,6 +249,7 @@ class ModelGrid:
             weights=w,
             meta=json.loads(json.dumps(self.meta)),
             check_boundaries=self.check_boundaries,
+            **noise,
         )
         if standardisers:
             new.standardiser = self.standardiser.select(ocols)
@@ -488,6 +522,31 @@ def _working(values: Any, what: str, fix: str, positive: Any = None) -> Array:
             f"({limits}; first rows {rows[:5].tolist()}); {fix}."
         )
     return jnp.asarray(out)
+
+
+def _noise_array(values: Any, shape: tuple, what: str, fix: str) -> Array | None:
+    """A checked (N, P) noise-model array in the working dtype, or None."""
+    if values is None:
+        return None
+    arr = np.asarray(values)
+    if arr.shape != tuple(shape):
+        raise ValueError(
+            f"ModelGrid: `{what}` must have the observables' shape {tuple(shape)} (one value "
+            f"per model and band), got {arr.shape}."
+        )
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"ModelGrid: `{what}` must be real numbers, got {arr.dtype}.")
+    bad = ~np.isfinite(arr)
+    if what == "model_sigma":
+        bad |= arr < 0
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        need = "finite and >= 0 (0: no model error)" if what == "model_sigma" else "finite"
+        raise ValueError(
+            f"ModelGrid: `{what}` must be {need}; {int(bad.sum())} values are not (first "
+            f"rows {rows[:5].tolist()})."
+        )
+    return _working(arr, what, fix)
 
 
 def _column_index(col: str | int, names: Sequence[str], what: str) -> int:

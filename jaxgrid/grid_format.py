@@ -4,7 +4,10 @@ The host grid container (`jaxgrid.grid`) calls these; readers build the grid wit
 the class they are given (``cls``), so this module never imports the container.
 The public functions are `jaxgrid.io.read_fits` etc.
 
-Every writer stores arrays, names, weights, meta and fitted standardisers;
+Every writer stores arrays, names, weights, the per-model noise model
+(``model_sigma``/``model_bias``: HDF5 groups of one dataset per observable, FITS
+columns ``<observable>__model_sigma`` listed in the JGNOISE card, dict/pickle keys),
+meta and fitted standardisers;
 the matching reader restores all of them (round trips are tested). The
 optional ``check_boundaries`` callable is code, not data: only pickles keep it.
 
@@ -140,6 +143,10 @@ def write_fits(
     cols.update({n: np.asarray(grid.targets[:, i]) for i, n in enumerate(grid.target_names)})
     if grid.weights is not None:
         cols["weight"] = np.asarray(grid.weights)
+    noise = _noise_parts(grid)
+    for part, arr in noise.items():
+        for i, n in enumerate(grid.observable_names):
+            cols[_noise_col(n, part)] = arr[:, i]
     hdu = fits.BinTableHDU(Table(cols), name=hdu_name)
     h = hdu.header
     h["NMODELS"] = grid.n_models
@@ -148,6 +155,7 @@ def write_fits(
     h["OBSNAME"] = ",".join(grid.observable_names)
     h["TGTNAME"] = ",".join(grid.target_names)
     h["JGSTD"] = _standardisers_json(grid)
+    h["JGNOISE"] = ",".join(noise)  # the noise-model parts stored (columns <name>__<part>)
     if include_meta:
         if not isinstance(meta_key, str) or not meta_key:
             raise ValueError(
@@ -253,7 +261,12 @@ def read_fits(
     tgt = _columns([np.asarray(table[c])[rows] for c in tmap.values()], n)
     w = None if weight_col is None else np.asarray(table[weight_col])[rows]
     meta = _fits_meta(header, meta_key, path)
-    grid = cls(obs, tgt, list(omap), list(tmap), weights=w, meta=meta)
+    noise = {}
+    for part in _names(header.get("JGNOISE", "")) if written else []:
+        srcs = [_noise_col(c, part) for c in omap.values()]
+        if all(c in table.colnames for c in srcs):
+            noise[part] = _columns([np.asarray(table[c])[rows] for c in srcs], n)
+    grid = cls(obs, tgt, list(omap), list(tmap), weights=w, meta=meta, **noise)
     if written:
         onames, tnames = _names(header["OBSNAME"]), _names(header["TGTNAME"])
         ocols = [onames.index(c) if c in onames else 10**9 for c in omap.values()]
@@ -346,6 +359,10 @@ def write_hdf5(
                 sg.create_dataset(n, data=host[:, i], **store)
         if grid.weights is not None:
             g.create_dataset("weights", data=np.asarray(grid.weights), **store)
+        for part, arr in _noise_parts(grid).items():  # one dataset per observable, as those
+            sg = g.create_group(part)
+            for i, n in enumerate(grid.observable_names):
+                sg.create_dataset(n, data=arr[:, i], **store)
         g.attrs["observable_names"] = json.dumps(grid.observable_names)
         g.attrs["target_names"] = json.dumps(grid.target_names)
         g.attrs["n_models"] = grid.n_models
@@ -415,7 +432,13 @@ def read_hdf5(
         w = None if weight_dset is None else g[weight_dset][rows]
         meta = json.loads(g.attrs["meta"]) if "meta" in g.attrs else {}
         std_text = g.attrs.get("standardisers")
-        grid = cls(obs, tgt, list(omap), list(tmap), weights=w, meta=meta)
+        noise = {}
+        for part in _NOISE_PARTS:
+            names = [_dset_name(d, "observables") for d in omap.values()]
+            dsets = [f"{part}/{nm}" for nm in names if nm is not None]
+            if part in g and len(dsets) == len(names) and all(d in g for d in dsets):
+                noise[part] = _columns([g[d][rows] for d in dsets], n)
+        grid = cls(obs, tgt, list(omap), list(tmap), weights=w, meta=meta, **noise)
         if written:
             onames = json.loads(g.attrs["observable_names"])
             tnames = json.loads(g.attrs["target_names"])
@@ -425,10 +448,32 @@ def read_hdf5(
     return grid
 
 
-def _dset_col(dset: str, sub: str, names: list[str]) -> int:
+def _dset_name(dset: str, sub: str) -> str | None:
     prefix = f"{sub}/"
-    name = dset[len(prefix) :] if dset.startswith(prefix) else None
+    return dset[len(prefix) :] if dset.startswith(prefix) else None
+
+
+def _dset_col(dset: str, sub: str, names: list[str]) -> int:
+    name = _dset_name(dset, sub)
     return names.index(name) if name in names else 10**9
+
+
+# ------------------------------------------------------------ noise models
+_NOISE_PARTS = ("model_sigma", "model_bias")
+
+
+def _noise_parts(grid: Any) -> dict[str, np.ndarray]:
+    """The grid's per-model noise arrays present, by part name (host)."""
+    return {
+        part: np.asarray(getattr(grid, part))
+        for part in _NOISE_PARTS
+        if getattr(grid, part, None) is not None
+    }
+
+
+def _noise_col(name: str, part: str) -> str:
+    """The FITS column of observable ``name``'s noise-model ``part``."""
+    return f"{name}__{part}"
 
 
 # ------------------------------------------------------------------ dicts
@@ -448,6 +493,7 @@ def grid_to_dict(grid: Any) -> dict[str, Any]:
             "targets": grid.target_standardiser.to_dict(),
         },
         "check_boundaries_key": grid.meta.get("check_boundaries_key"),
+        **_noise_parts(grid),
     }
 
 
@@ -469,6 +515,7 @@ def grid_from_dict(d: Any, *, cls: type, check_boundaries=None) -> Any:
         weights=None if weights is None else np.asarray(weights, dtype=np.float64),
         meta=_plain(dict(d.get("meta") or {})),
         check_boundaries=check_boundaries,
+        **{p: np.asarray(d[p], np.float64) for p in _NOISE_PARTS if d.get(p) is not None},
     )
     _restore_standardisers(grid, d.get("standardisers"))
     return grid
@@ -514,6 +561,7 @@ def write_pickle(grid: Any, path: str | Path) -> None:
         "meta": grid.meta,
         "standardisers": _standardisers_json(grid),
         "check_boundaries": check,
+        **_noise_parts(grid),
     }
     with open(path, "wb") as fh:
         pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
@@ -543,6 +591,7 @@ def read_pickle(path: str | Path, *, cls: type) -> Any:
         weights=payload["weights"],
         meta=payload["meta"],
         check_boundaries=payload["check_boundaries"],
+        **{p: payload[p] for p in _NOISE_PARTS if payload.get(p) is not None},
     )
     _restore_standardisers(grid, payload["standardisers"])
     return grid

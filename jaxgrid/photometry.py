@@ -39,6 +39,8 @@ __all__ = [
     "madau95_transmission",
     "build_template_grid",
     "magnitudes_to_fluxes",
+    "pivot_wavelength",
+    "template_error_sigma",
 ]
 
 _LYMAN = np.array([1215.67, 1025.72, 972.54, 949.74])  # Ly alpha..delta, Angstrom
@@ -292,3 +294,66 @@ def magnitudes_to_fluxes(X: Any, SIG: Any, upper: Any = None, zero_point: float 
     F = np.where(up, 0.0, F)
     SF = np.where(up, mag_to_flux(X, zero_point=zero_point), SF)
     return F, SF, up
+
+
+def pivot_wavelength(filt: Any) -> float:
+    """Pivot wavelength (Angstrom) of a photon-counting filter, a file or a
+    ``(wave, transmission)`` pair: ``sqrt(int T lambda dlambda / int T / lambda dlambda)``
+    (Tokunaga & Vacca 2005, PASP 117, 421, eq. A11)."""
+    wave, trans = read_filter(filt) if isinstance(filt, str | Path) else filt
+    wf, tf = _sorted_curve(wave, trans, "pivot_wavelength: the filter")
+    band = _passband(wf, tf, 1e-6, "pivot_wavelength")
+    wf, tf = wf[band], tf[band]
+    return float(np.sqrt(np.trapezoid(tf * wf, wf) / np.trapezoid(tf / wf, wf)))
+
+
+def template_error_sigma(
+    grid: ModelGrid,
+    wavelengths: Sequence[float],
+    tef: Any,
+    z_target: str = "z",
+    fluxes: bool = True,
+) -> np.ndarray:
+    """A template error function as a per-model noise model: (N, P) ``model_sigma``.
+
+    A template error function (TEF; EAZY, Brammer et al. 2008, ApJ 686, 1503, sect.
+    2.3; FAST++) is a fractional model error that depends on the **rest-frame**
+    wavelength: at model ``i`` (redshift ``z_i``) band ``j`` (pivot ``lambda_j``, see
+    `pivot_wavelength`) it is ``tef(lambda_j / (1 + z_i))``. For a flux grid the error
+    is that fraction of the model's flux, ``tef * |f_ij|`` (scaled with the fitted
+    amplitude by `ScaledGaussianLikelihood`); for a magnitude grid (``fluxes=False``)
+    it is the fraction in magnitudes, ``2.5 / ln 10 * tef``.
+
+    Args:
+        grid: a template x redshift grid (e.g. `build_template_grid`'s).
+        wavelengths: (P,) each observable's (observed-frame) pivot wavelength, Angstrom.
+        tef: a callable ``rest wavelength (Angstrom) -> fraction`` (vectorised), or a
+            ``(wave, fraction)`` pair, interpolated linearly and held constant beyond
+            its ends.
+        z_target: the grid's redshift target.
+        fluxes: the grid's observables are fluxes (else AB magnitudes).
+
+    Returns:
+        (N, P) float64: ``grid.with_model_noise(model_sigma=...)`` takes it.
+    """
+    lam = np.asarray(wavelengths, np.float64).reshape(-1)
+    if lam.shape != (grid.n_observables,) or not np.all(np.isfinite(lam) & (lam > 0)):
+        raise ValueError(
+            f"template_error_sigma: `wavelengths` must be {grid.n_observables} positive "
+            f"pivot wavelengths (Angstrom), one per observable; got {lam.shape}."
+        )
+    z = np.asarray(grid.get_target(z_target), np.float64)
+    rest = lam[None, :] / (1.0 + z[:, None])
+    if callable(tef):
+        frac = np.asarray(tef(rest), np.float64)
+    else:
+        wave, value = _sorted_curve(*tef, "template_error_sigma: `tef`")
+        frac = np.interp(rest, wave, value)
+    if frac.shape != rest.shape or not np.all(np.isfinite(frac) & (frac >= 0)):
+        raise ValueError(
+            "template_error_sigma: `tef` must give a finite fraction >= 0 at every rest-frame "
+            f"wavelength (shape {rest.shape})."
+        )
+    if fluxes:
+        return frac * np.abs(np.asarray(grid.observables, np.float64))
+    return 2.5 / np.log(10.0) * frac

@@ -78,10 +78,13 @@ def _in_dtype(values, what: str, dt):
 def _snapshot(grid, mean64: np.ndarray, std64: np.ndarray, standardised: bool) -> GridData:
     dt = float_dtype()
     observables = _in_dtype(grid.observables, "observables", dt)
-    if standardised:
+    if standardised or grid.has_model_noise:
         # z-scored in float64 on the host, then cast: one rounding of an O(1) value
         # instead of the float32 difference of two magnitudes near 20
-        models = jnp.asarray((np.asarray(grid.observables, np.float64) - mean64) / std64, dt)
+        models = (np.asarray(grid.observables, np.float64) - mean64) / std64
+        if grid.has_model_noise:  # (N, 3P): [models, model_sigma, model_bias]
+            models = noise_columns(models, grid.model_sigma, grid.model_bias, std64)
+        models = jnp.asarray(cast_overflows(models, np.dtype(dt)), dt)
     else:
         models = observables  # the same array: no second N x P copy
     log_w = (
@@ -97,6 +100,21 @@ def _snapshot(grid, mean64: np.ndarray, std64: np.ndarray, standardised: bool) -
         obs_mean=jnp.asarray(mean64, dt),
         obs_std=jnp.asarray(std64, dt),
     )
+
+
+def noise_columns(models, model_sigma, model_bias, std64: np.ndarray, rows=None) -> np.ndarray:
+    """(R, 3P) float64 ``[models, model_sigma, model_bias]`` in the likelihood's units
+    (the noise over the standardiser's std): how a grid with a per-model noise model
+    reaches the likelihoods (`jaxgrid.prob.likelihoods.split_model_noise`). ``models``:
+    the (R, P) models in those units; ``rows``: the grid rows they are (None: all);
+    ``model_sigma``/``model_bias``: the grid's (N, P) arrays or None (zeros)."""
+    m = np.asarray(models, np.float64)
+    pick = slice(None) if rows is None else rows
+
+    def part(a):
+        return np.zeros(m.shape) if a is None else np.asarray(a, np.float64)[pick] / std64
+
+    return np.concatenate([m, part(model_sigma), part(model_bias)], axis=1)
 
 
 def padded_data(data: GridData, n_blocks: int, block: int) -> GridData:
@@ -220,6 +238,7 @@ class PreparedGrid:
         # the arrays the snapshot was made of (JAX arrays are immutable): the digest and
         # the host float64 observables come from these, not from the live grid
         self._sources = (grid.observables, grid.targets, grid.weights)
+        self._noise = (grid.model_sigma, grid.model_bias)
         self._padded: dict[tuple[int, int], GridData] = {}
         self._bins: dict[Any, tuple] = {}
         self._layouts: dict[Any, tuple] = {}
@@ -228,7 +247,10 @@ class PreparedGrid:
     @functools.cached_property
     def digest(self) -> str:
         obs, tgt, w = self._sources
-        return array_digest(obs, tgt, np.zeros(0) if w is None else w)
+        noise = [np.zeros(0) if a is None else a for a in self._noise]
+        # grids without a noise model keep the digest of files written before it existed
+        extra = noise if any(a is not None for a in self._noise) else []
+        return array_digest(obs, tgt, np.zeros(0) if w is None else w, *extra)
 
     @functools.cached_property
     def likelihood_digest(self) -> str:
@@ -242,6 +264,15 @@ class PreparedGrid:
     def observables64(self) -> np.ndarray:
         """The snapshot's native observables in float64 on the host (log Z refinement)."""
         return np.asarray(self._sources[0], np.float64)
+
+    def likelihood_models64(self, idx) -> np.ndarray:
+        """Models ``idx`` as the likelihood sees them, in float64 on the host: z-scored
+        when standardised, with the noise columns when the grid has a noise model."""
+        mean, std = self.mean_std
+        models = (self.observables64[idx] - mean) / std
+        if any(a is not None for a in self._noise):
+            return noise_columns(models, *self._noise, std, rows=idx)
+        return models
 
     def matches_standardiser(self) -> bool:
         """Whether the grid's live standardiser still equals the snapshot."""

@@ -243,3 +243,77 @@ def batch_row_reference(
 
 
 stats_mod = stats
+
+
+def gaussian_loglike_noise(
+    x,
+    sigma,
+    models,
+    model_sigma,
+    model_bias,
+    floor=0.0,
+    scale=1.0,
+    upper=None,
+    limit_kind="flux",
+    normalised=True,
+):
+    """Gaussian product with a per-model noise model, one model at a time: the object
+    ``x +- h`` against the model's ``m + b`` with the model's own error ``s`` in
+    quadrature, ``h_ij^2 = max(scale sigma_j, floor)^2 + s_ij^2``. ``normalised=False``
+    drops only the row's constant ``-1/2 sum_j log(2 pi h_j^2)``."""
+    x, sigma = np.asarray(x, float), np.asarray(sigma, float)
+    models = np.asarray(models, float)
+    out = np.zeros(models.shape[0])
+    for i in range(models.shape[0]):
+        used, total = 0, 0.0
+        for j in range(x.size):
+            h = max(scale * sigma[j], floor) if np.isfinite(sigma[j]) else np.nan
+            if not (np.isfinite(x[j]) and np.isfinite(h) and h > 0):
+                continue
+            used += 1
+            var = h**2 + model_sigma[i, j] ** 2
+            mu = models[i, j] + model_bias[i, j]
+            if upper is not None and upper[j]:
+                z = (x[j] - mu) if limit_kind == "flux" else (mu - x[j])
+                total += stats.norm.logcdf(z / math.sqrt(var))
+            else:
+                total += stats.norm.logpdf(x[j], mu, math.sqrt(var))
+                if not normalised:
+                    total += 0.5 * math.log(2 * math.pi * h**2)
+        out[i] = total if used else -np.inf
+    return out
+
+
+def scaled_loglike_noise(f, s, models, model_sigma, model_bias, mode="profile"):
+    """Free-amplitude Gaussian with a per-model noise model, per model, detections only:
+    the amplitude ``a0`` fitted without the model error, variances
+    ``s_j^2 + (a0 s_ij)^2``, then the profile maximum over ``a >= 0`` or the integral
+    over ``a >= 0`` (numerical quadrature) of ``N(f | a (m + b), var)``."""
+    f, s = np.asarray(f, float), np.asarray(s, float)
+    out = np.zeros(models.shape[0])
+    for i in range(models.shape[0]):
+        m = models[i] + model_bias[i]
+        a0 = max(np.sum(f * m / s**2) / np.sum(m**2 / s**2), 0.0)
+        var = s**2 + (a0 * model_sigma[i]) ** 2
+        const = -0.5 * np.sum(np.log(2 * np.pi * var))
+
+        def chi2(a, m=m, var=var):
+            return np.sum((f - a * m) ** 2 / var)
+
+        a1 = max(np.sum(f * m / var) / np.sum(m**2 / var), 0.0)
+        if mode == "profile":
+            out[i] = const - 0.5 * chi2(a1)
+            continue
+        shift = chi2(a1)
+        hi = a1 + 40.0 / math.sqrt(np.sum(m**2 / var))  # the integrand is ~0 beyond
+        val, _ = integrate.quad(
+            lambda a, shift=shift, chi2=chi2: np.exp(-(chi2(a) - shift) / 2),
+            0,
+            hi,
+            points=[a1] if a1 > 0 else None,
+            epsabs=0,
+            epsrel=1e-12,
+            limit=200,
+        )
+        out[i] = const - 0.5 * shift + np.log(val)
+    return out

@@ -324,7 +324,7 @@ class _Runner:
         r = rows[todo]
         x = (plan.X[r] - mean) / std
         s = plan.S[r] / std
-        models = (self.fitter.prepared.observables64[ref[todo]] - mean) / std
+        models = self.fitter.prepared.likelihood_models64(ref[todo])
         upper = None if plan.U is None else plan.U[r]
         ll = self.fitter.prepared.likelihood.host_log_likelihood_rows(x, s, models, upper)
         if ll is None:  # no host evaluation: the device's float32 value

@@ -35,6 +35,7 @@ from typing import ClassVar
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.scipy.special import log_ndtr
 from jaxtyping import Array, ArrayLike, Bool, Float
 
@@ -46,6 +47,7 @@ __all__ = [
     "CensoredSizeLikelihood",
     "CompositeLikelihood",
     "NumbaGaussianProductLikelihood",
+    "split_model_noise",
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -76,6 +78,10 @@ class AbstractLikelihood(eqx.Module, strict=True):
     """
 
     scale_free: ClassVar[bool] = False
+    #: handles a grid's per-model noise model: ``models`` then arrive as (Nc, 3P)
+    #: ``[observables, model_sigma, model_bias]`` (`split_model_noise`); the fitter
+    #: refuses a grid with one for a likelihood without this
+    supports_model_noise: ClassVar[bool] = False
 
     @abc.abstractmethod
     def log_likelihood_and_chi2(
@@ -163,6 +169,26 @@ def _no_shift(models: Float[Array, "cand obs"]) -> Float[Array, " cand"]:
     return jnp.zeros(models.shape[0], dtype=models.dtype)
 
 
+def split_model_noise(
+    x: Float[Array, " obs"], models: Float[Array, "cand cols"]
+) -> tuple[Array, Array | None, Array | None]:
+    """``(mean, model_sigma, model_bias)`` of ``models``: a grid with a per-model noise
+    model reaches the likelihood as (Nc, 3P) ``[observables, model_sigma, model_bias]``
+    (`jaxgrid.ModelGrid` ``model_sigma``/``model_bias``, in the likelihood's units), the
+    mean being ``observables + model_bias``; plain (Nc, P) models give
+    ``(models, None, None)``. Decided from the static shapes (P = ``x.shape[-1]``)."""
+    p = x.shape[-1]
+    if models.shape[-1] == p:
+        return models, None, None
+    if models.shape[-1] != 3 * p:
+        raise ValueError(
+            f"models have {models.shape[-1]} columns for a row of {p} observables; expected "
+            f"{p}, or {3 * p} with a per-model noise model."
+        )
+    bias = models[..., 2 * p :]
+    return models[..., :p] + bias, models[..., p : 2 * p], bias
+
+
 def _gaussian_sums(
     x: Float[Array, " obs"],
     sigma: Float[Array, " obs"],
@@ -190,15 +216,23 @@ def _gaussian_sums(
     const = -0.5 * jnp.sum(jnp.where(gauss, jnp.log(2.0 * jnp.pi * hs**2), 0.0))
     const = const if normalised else 0.0
     sign = 1.0 if limit_kind == "flux" else -1.0
-    chi2 = jnp.zeros(models.shape[0], dtype=models.dtype)
-    limits = jnp.zeros(models.shape[0], dtype=models.dtype)
+    mu, sm, _ = split_model_noise(x, models)
+    chi2 = jnp.zeros(mu.shape[0], dtype=mu.dtype)
+    limits = jnp.zeros(mu.shape[0], dtype=mu.dtype)
+    norm = jnp.zeros(mu.shape[0], dtype=mu.dtype)
     inv_h = 1.0 / hs  # multiply, not divide, in the (models,) loop
-    for j in range(models.shape[1]):
-        r = (models[:, j] - xs[j]) * inv_h[j]
+    for j in range(mu.shape[1]):
+        r = (mu[:, j] - xs[j]) * inv_h[j]
+        if sm is not None:
+            # a model error in quadrature: h_ij^2 = h_j^2 + s_ij^2; its normalisation
+            # -1/2 log(h_ij^2 / h_j^2) differs between models, so it stays unnormalised too
+            q = (sm[:, j] * inv_h[j]) ** 2
+            r = r * lax.rsqrt(1.0 + q)
+            norm = norm + jnp.where(gauss[j], -0.5 * jnp.log1p(q), 0.0)
         chi2 = chi2 + jnp.where(gauss[j], r * r, 0.0)
         if upper is not None:
             limits = limits + jnp.where(upper[j] & usable[j], log_ndtr(-sign * r), 0.0)
-    return const - 0.5 * chi2 + limits, chi2, jnp.any(usable)
+    return const + norm - 0.5 * chi2 + limits, chi2, jnp.any(usable)
 
 
 def _gaussian_bands(x, sigma, upper, floor, scale):
@@ -220,14 +254,32 @@ def _gaussian_ratio(x, sigma, models, ref, upper, floor, scale, limit_kind, delt
     xs = jnp.where(usable, x, 0.0)
     inv_h = 1.0 / jnp.where(usable, h, 1.0)
     sign = 1.0 if limit_kind == "flux" else -1.0
-    out = jnp.zeros(models.shape[0], dtype=models.dtype)
-    for j in range(models.shape[1]):
-        d = (models[:, j] - ref[j] if delta is None else delta[:, j]) * inv_h[j]
-        c = (ref[j] - xs[j]) * inv_h[j]
-        out = out + jnp.where(gauss[j], -0.5 * d * (d + 2.0 * c), 0.0)
+    mu, sm, bias = split_model_noise(x, models)
+    r_mu, r_sm, r_bias = split_model_noise(x, ref[None, :])
+    out = jnp.zeros(mu.shape[0], dtype=mu.dtype)
+    for j in range(mu.shape[1]):
+        if delta is None:
+            d = (mu[:, j] - r_mu[0, j]) * inv_h[j]
+        elif bias is None:
+            d = delta[:, j] * inv_h[j]
+        else:  # the caller's accurate observables difference, plus the biases'
+            d = (delta[:, j] + (bias[:, j] - r_bias[0, j])) * inv_h[j]
+        c = (r_mu[0, j] - xs[j]) * inv_h[j]
+        if sm is None:
+            term = -0.5 * d * (d + 2.0 * c)
+            r, r_ref = (mu[:, j] - xs[j]) * inv_h[j], c
+        else:
+            # r_i^2 - r_ref^2 = (d^2 + 2 d c) / v_i + c^2 (v_ref - v_i) / (v_i v_ref) in units
+            # of h^2, v = 1 + (s / h)^2, v_ref - v_i from (s_ref - s_i)(s_ref + s_i)
+            a, b = sm[:, j] * inv_h[j], r_sm[0, j] * inv_h[j]
+            v, v_ref = 1.0 + a * a, 1.0 + b * b
+            dv = (b - a) * (b + a)
+            term = -0.5 * ((d * (d + 2.0 * c)) / v + c * c * dv / (v * v_ref))
+            term = term - 0.5 * jnp.log1p(-dv / v_ref)  # -1/2 log(v / v_ref)
+            r, r_ref = (mu[:, j] - xs[j]) * inv_h[j] * lax.rsqrt(v), c * lax.rsqrt(v_ref)
+        out = out + jnp.where(gauss[j], term, 0.0)
         if upper is not None:
-            r = (models[:, j] - xs[j]) * inv_h[j]
-            lim = log_ndtr(-sign * r) - log_ndtr(-sign * c)
+            lim = log_ndtr(-sign * r) - log_ndtr(-sign * r_ref)
             out = out + jnp.where(upper[j] & usable[j], lim, 0.0)
     return out
 
@@ -262,9 +314,15 @@ def _host_gaussian_rows(
         up = np.zeros_like(usable) if upper is None else np.asarray(upper, bool)
         gauss = usable & ~up
         hs = np.where(usable, h, 1.0)
-        r = (models - np.where(usable, x, 0.0)) / hs
+        p = x.shape[1]
+        mu, sm = models[:, :p], None
+        if models.shape[1] == 3 * p:  # [observables, model_sigma, model_bias]
+            mu, sm = models[:, :p] + models[:, 2 * p :], models[:, p : 2 * p]
+        v = hs**2 if sm is None else hs**2 + sm**2
+        r = (mu - np.where(usable, x, 0.0)) / np.sqrt(v)
         const = -0.5 * np.sum(np.where(gauss, np.log(2.0 * np.pi * hs**2), 0.0), axis=1)
         const = const if normalised else 0.0
+        const = const - 0.5 * np.sum(np.where(gauss, np.log(v / hs**2), 0.0), axis=1)
         chi2 = np.sum(np.where(gauss, r * r, 0.0), axis=1)
         sign = 1.0 if limit_kind == "flux" else -1.0
         lim = np.sum(np.where(up & usable, np_log_ndtr(-sign * r), 0.0), axis=1)
@@ -279,6 +337,10 @@ class GaussianProductLikelihood(AbstractLikelihood, strict=True):
     over the row's usable observables (see module docs for missing data and
     upper limits).
 
+    A grid with a per-model noise model (`jaxgrid.ModelGrid` ``model_sigma`` s_ij,
+    ``model_bias`` b_ij) compares the row with ``m_ij + b_ij`` under
+    ``h_ij^2 = h_j^2 + s_ij^2`` (normalisation, chi2 and upper limits alike).
+
     Example:
         >>> lik = GaussianProductLikelihood(bandwidth_floor=0.01)
         >>> lik.log_likelihood(jnp.zeros(2), jnp.ones(2), jnp.zeros((3, 2))).shape
@@ -288,6 +350,7 @@ class GaussianProductLikelihood(AbstractLikelihood, strict=True):
     bandwidth_floor: Array
     scale: Array
     limit_kind: str = eqx.field(static=True)
+    supports_model_noise: ClassVar[bool] = True
 
     def __init__(self, bandwidth_floor: ArrayLike = 0.0, scale: ArrayLike = 1.0, limit_kind="flux"):
         owner = "GaussianProductLikelihood"
@@ -344,6 +407,7 @@ class NumbaGaussianProductLikelihood(AbstractLikelihood, strict=True):
     scale: Array
     limit_kind: str = eqx.field(static=True)
     prefer_batch: bool = eqx.field(static=True)
+    supports_model_noise: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -51,7 +51,8 @@ def log_posterior_terms(
     if not isinstance(likelihood, AbstractLikelihood):
         raise TypeError(f"`likelihood` must be an AbstractLikelihood, got {likelihood!r}.")
     prior = _resolved(prior, target_names)
-    models_native = models if models_native is None else models_native
+    if models_native is None:  # (Nc, 3P) models carry a noise model: observables first
+        models_native = models[..., : jnp.shape(x)[-1]]
     x_native = x if x_native is None else x_native
     lw = likelihood.log_likelihood(x, sigma, models, upper)
     lw = lw + prior_log_prob(prior, targets, models_native, x_native)

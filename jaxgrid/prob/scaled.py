@@ -35,6 +35,15 @@ floor) and ``error_floor_frac`` as a fractional flux floor
 ``logSFR`` in dex): per (object, model) they are shifted by ``log10 a*``
 before any summary, so masses come out per object (CIGALE / FAST++ style).
 
+Per-model noise (`jaxgrid.ModelGrid` ``model_sigma`` s_ij, ``model_bias`` b_ij, both
+at the model's unit amplitude): the object is compared with ``a (m_i + b_i)`` under
+variances ``s_j^2 + (a s_ij)^2`` — the model's error scales with it — taken at the
+amplitude ``a`` fitted without the model error (one reweighting; the sums ``A, B, C``
+and the normalisation are then per model, and the profile / marginal formulas above
+are applied with those variances). A template error function (`jaxgrid.photometry.
+template_error_sigma`) is such an ``s_ij``: EAZY (Brammer et al. 2008, eq. 3) evaluates
+the same fractional error at the observed flux instead of the fitted model's.
+
 Use with ``GridFitter(..., use_standardised=False)``: z-scoring fluxes would
 break the amplitude model (the fitter refuses it).
 """
@@ -52,7 +61,7 @@ from jax.scipy.special import log_ndtr
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ..core.checks import scalar_param
-from .likelihoods import AbstractLikelihood, _plain_log_likelihood_ratio
+from .likelihoods import AbstractLikelihood, _plain_log_likelihood_ratio, split_model_noise
 
 __all__ = ["ScaledGaussianLikelihood"]
 
@@ -72,10 +81,11 @@ class _AmplitudeTerms(NamedTuple):
     A: Float[Array, " cand"]  #: ``sum m^2 / s^2``
     A_safe: Float[Array, " cand"]  #: ``A``, 1 where it is not positive
     B: Float[Array, " cand"]  #: ``sum f m / s^2``
-    C: Float[Array, ""]  #: ``sum f^2 / s^2``
+    C: Float[Array, "*cand"]  #: ``sum f^2 / s^2`` (per model with model errors)
     a_prime: Float[Array, " cand"]  #: the profile amplitude (>= 0) in rescaled units
-    const: Float[Array, ""]  #: ``-1/2 sum log(2 pi s^2)`` over the Gaussian bands (native)
+    const: Float[Array, "*cand"]  #: ``-1/2 sum log(2 pi s^2)`` over the Gaussian bands (native)
     log_scale: Float[Array, " cand"]  #: ``log(c / d)``: ``a* = a' c / d``
+    s2m: Float[Array, "cand obs"] | None  #: ``s2s`` plus the model errors (None: none)
 
 
 class ScaledGaussianLikelihood(AbstractLikelihood, strict=True):
@@ -88,6 +98,7 @@ class ScaledGaussianLikelihood(AbstractLikelihood, strict=True):
     nondetection: str = eqx.field(static=True)
     extensive_targets: tuple = eqx.field(static=True)
     scale_free: ClassVar[bool] = True
+    supports_model_noise: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -163,9 +174,10 @@ class ScaledGaussianLikelihood(AbstractLikelihood, strict=True):
         used = gauss | censored
         c2 = jnp.max(jnp.where(used, s2, 0.0))
         c2 = jnp.where(c2 > 0, c2, 1.0)
-        d = jnp.max(jnp.abs(models), axis=-1)
+        mu, sm, _ = split_model_noise(x, models)
+        d = jnp.max(jnp.abs(mu), axis=-1)
         d = jnp.where(d > 0, d, 1.0)
-        m = models / d[:, None]  # row-independent: computed once per chunk under vmap
+        m = mu / d[:, None]  # row-independent: computed once per chunk under vmap
         fs, s2s = f / jnp.sqrt(c2), s2 / c2
         w = jnp.where(gauss, 1.0 / s2s, 0.0)
         # A = sum_j m_j^2 w_j, B = sum_j m_j f_j w_j as matrix products: batched over
@@ -177,8 +189,22 @@ class ScaledGaussianLikelihood(AbstractLikelihood, strict=True):
         A_safe = jnp.where(A > 0, A, 1.0)
         a_prime = jnp.maximum(jnp.where(A > 0, B / A_safe, 0.0), 0.0)
         const = -0.5 * jnp.sum(jnp.where(gauss, jnp.log(2.0 * jnp.pi * s2), 0.0))
+        s2m = None
+        if sm is not None:
+            # The model's error scales with its amplitude: variances s_j^2 + (a s_ij)^2 at
+            # the amplitude fitted without it (one reweighting), then the sums again.
+            s2m = s2s + (a_prime[:, None] * sm / d[:, None]) ** 2
+            wm = jnp.where(gauss, 1.0 / s2m, 0.0)
+            A = jnp.sum(m * m * wm, axis=-1)
+            B = jnp.sum(m * fs * wm, axis=-1)
+            C = jnp.sum(fs**2 * wm, axis=-1)
+            A_safe = jnp.where(A > 0, A, 1.0)
+            a_prime = jnp.maximum(jnp.where(A > 0, B / A_safe, 0.0), 0.0)
+            const = const - 0.5 * jnp.sum(jnp.where(gauss, jnp.log(s2m / s2s), 0.0), axis=-1)
         log_scale = 0.5 * jnp.log(c2) - jnp.log(d)  # log(c / d): a* = a' c / d
-        return _AmplitudeTerms(m, s2s, gauss, censored, A, A_safe, B, C, a_prime, const, log_scale)
+        return _AmplitudeTerms(
+            m, s2s, gauss, censored, A, A_safe, B, C, a_prime, const, log_scale, s2m
+        )
 
     def log_likelihood_and_chi2(self, x, sigma, models, upper=None):
         t = self._amplitude_terms(x, sigma, models, upper)
@@ -197,8 +223,9 @@ class ScaledGaussianLikelihood(AbstractLikelihood, strict=True):
             )
             ll = jnp.where(A > 0, ll, t.const - 0.5 * t.C)  # a model dark in every band
         if self.nondetection == "censored" and upper is not None:
-            s_lim = jnp.sqrt(t.s2s)
-            lim = log_ndtr((self.nondetection_nsigma * s_lim - a_prime[:, None] * t.m) / s_lim)
+            s_lim = jnp.sqrt(t.s2s)  # the threshold is the observation's, n s_lim
+            s_tot = s_lim if t.s2m is None else jnp.sqrt(t.s2m)
+            lim = log_ndtr((self.nondetection_nsigma * s_lim - a_prime[:, None] * t.m) / s_tot)
             ll = ll + jnp.sum(jnp.where(t.censored, lim, 0.0), axis=-1)
         any_band = jnp.any(t.gauss | t.censored)
         return jnp.where(any_band, ll, -jnp.inf), chi2_best
