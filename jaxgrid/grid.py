@@ -382,6 +382,44 @@ class ModelGrid:
             fill_value=fill_value,
         )
 
+    @classmethod
+    def from_training(
+        cls,
+        observables: Any,
+        errors: Any,
+        targets: Any,
+        observable_names: Sequence[str],
+        target_names: Sequence[str],
+        bandwidth: Any = 0.0,
+        error_scale: float = 1.0,
+        weights: Any = None,
+        meta: dict[str, Any] | None = None,
+        smooth_targets: dict[str, float] | None = None,
+        replicas: int = 8,
+    ) -> ModelGrid:
+        """An **empirical grid**: the models are a training set's objects, their own
+        errors (times ``error_scale``, plus ``bandwidth`` in quadrature) the model noise
+        (`jaxgrid.empirical`; learn the kernel with `jaxgrid.empirical.fit_kernel`,
+        build photometric features with `jaxgrid.empirical.colour_features`);
+        ``smooth_targets={"z": z_sigma}`` smooths the redshifts with ``replicas``
+        copies of each object (`jaxgrid.empirical.training_grid`)."""
+        from .empirical import training_grid
+
+        return training_grid(
+            cls,
+            observables,
+            errors,
+            targets,
+            observable_names,
+            target_names,
+            bandwidth=bandwidth,
+            error_scale=error_scale,
+            weights=weights,
+            meta=meta,
+            smooth_targets=smooth_targets,
+            replicas=replicas,
+        )
+
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
         """The grid as a dict (NumPy arrays, names, weights, meta, standardisers), in

@@ -24,15 +24,22 @@ SCRIPTS = {
     "calibrate_dc2.py": "mean log Z",
     "dask_scaling.py": "worker process(es)",
     "photoz_vs_bpz.py": "estimator",
+    "photoz_quality.py": "NMAD med",
     "vs_besta.py": "jaxgrid obj/s",
     "binners.py": "| binner | K | candidates/row | recall top-100 |",
 }
 #: what a script says about the baseline it skipped
-SKIPPED = {"vs_besta.py": "BESTA not given", "photoz_vs_bpz.py": "BPZ skipped"}
+SKIPPED = {
+    "vs_besta.py": "BESTA not given",
+    "photoz_vs_bpz.py": "BPZ skipped",
+    "photoz_quality.py": "RAIL skipped",
+}
 
 
 #: slowest first: the scripts run two at a time (the CI machines have 2 cores)
-ORDER = sorted(SCRIPTS, key=lambda s: s not in ("calibrate_dc2.py", "photoz_vs_bpz.py"))
+ORDER = sorted(
+    SCRIPTS, key=lambda s: s not in ("calibrate_dc2.py", "photoz_vs_bpz.py", "photoz_quality.py")
+)
 
 
 def _bench_files():
