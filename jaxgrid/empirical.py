@@ -6,8 +6,9 @@ measurement errors are its model's noise (`ModelGrid` ``model_sigma``). Fitting 
 object against it with `GaussianProductLikelihood` weighs each training object by
 ``N(x | x_j, sigma^2 + (alpha e_j)^2 + h^2)`` — a kernel estimate of ``p(target | x)``
 whose kernel is the two measurements' errors plus a bandwidth ``h`` per observable —
-and every summary, PDF, truncation, candidate preselection (`KDTreeBinner`) and file of
-the engine applies unchanged.
+and every summary, PDF, truncation and file of the engine applies unchanged.
+Candidate preselection (`KDTreeBinner`) ranks models by their observables alone (no
+noise model): give it enough neighbours.
 
 * `colour_features`: magnitudes -> adjacent colours + one reference magnitude (the
   space that works for photo-z: colours carry the redshift, the magnitude a
@@ -166,6 +167,12 @@ def training_grid(
         raise KeyError(f"from_training: `smooth_targets` names unknown targets {unknown}.")
     if smooth and (not isinstance(replicas, int | np.integer) or replicas < 2):
         raise ValueError("from_training: `replicas` must be an integer >= 2 with smooth_targets.")
+    for name in smooth:  # the kernel N(t, s (1 + t)) reflected at 0 is a redshift's
+        if np.any(tgt[:, names.index(name)] < 0):
+            raise ValueError(
+                f"from_training: `smooth_targets` smooths non-negative targets (redshifts); "
+                f"{name!r} has negative values."
+            )
     info = {
         "kind": "empirical",
         "n_training": int(obs.shape[0]),
@@ -284,15 +291,21 @@ def fit_kernel(
     # keeps the gradient w.r.t. the error scale free of NaN (x stays NaN: left out)
     bad = ~(np.isfinite(xv) & np.isfinite(xe) & (xe > 0))
     xv, xe = np.where(bad, np.nan, xv), np.where(bad, 1.0, xe)
+    if not (np.all(np.isfinite(obs)) and np.all(np.isfinite(e) & (e >= 0))):
+        raise ValueError("fit_kernel: `observables` and `errors` must be finite (errors >= 0).")
+    h0 = np.broadcast_to(np.asarray(bandwidth0, np.float64), (obs.shape[1],))
+    starts = [*h0, error_scale0, z_sigma0, row_error_scale0]
+    if not all(np.isfinite(v) and v > 0 for v in starts):
+        raise ValueError("fit_kernel: the starting bandwidths and scales must be positive.")
     n, p = obs.shape
     if rows is None:
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(n, size=min(max_rows, n), replace=False))
     rows = np.asarray(rows, np.int64)
+    rows = rows[~bad[rows].all(axis=1)]  # a row without a usable band scores nothing
     if rows.size < 10:
         raise ValueError("fit_kernel: need at least 10 training rows.")
     z_range = max(float(np.ptp(zz)), 1e-6)
-    h0 = np.broadcast_to(np.asarray(bandwidth0, np.float64), (p,))
     theta0 = np.concatenate([np.log(h0), np.log([error_scale0, z_sigma0, row_error_scale0])])
     free = np.ones(p + 3, bool)
     free[p] = bool(fit_error_scale)

@@ -266,6 +266,12 @@ def read_fits(
         srcs = [_noise_col(c, part) for c in omap.values()]
         if all(c in table.colnames for c in srcs):
             noise[part] = _columns([np.asarray(table[c])[rows] for c in srcs], n)
+        else:
+            warnings.warn(
+                f"from_fits_table: {path} lists a {part} noise model without columns for "
+                "every observable read; it is not loaded.",
+                stacklevel=3,
+            )
     grid = cls(obs, tgt, list(omap), list(tmap), weights=w, meta=meta, **noise)
     if written:
         onames, tnames = _names(header["OBSNAME"]), _names(header["TGTNAME"])
@@ -438,6 +444,13 @@ def read_hdf5(
             dsets = [f"{part}/{nm}" for nm in names if nm is not None]
             if part in g and len(dsets) == len(names) and all(d in g for d in dsets):
                 noise[part] = _columns([g[d][rows] for d in dsets], n)
+            elif part in g:
+                warnings.warn(
+                    f"from_hdf5: {group!r} in {path} has a {part} noise model that does not "
+                    "cover the observables read (give them as observables/<name>); it is "
+                    "not loaded.",
+                    stacklevel=3,
+                )
         grid = cls(obs, tgt, list(omap), list(tmap), weights=w, meta=meta, **noise)
         if written:
             onames = json.loads(g.attrs["observable_names"])

@@ -84,7 +84,14 @@ def _snapshot(grid, mean64: np.ndarray, std64: np.ndarray, standardised: bool) -
         models = (np.asarray(grid.observables, np.float64) - mean64) / std64
         if grid.has_model_noise:  # (N, 3P): [models, model_sigma, model_bias]
             models = noise_columns(models, grid.model_sigma, grid.model_bias, std64)
-        models = jnp.asarray(cast_overflows(models, np.dtype(dt)), dt)
+        cast = cast_overflows(models, np.dtype(dt))
+        if not np.all(np.isfinite(cast)):
+            raise ValueError(
+                "GridFitter: the grid's observables or noise model (model_sigma/model_bias) "
+                f"have values outside the {np.dtype(dt)} range once in the likelihood's units; "
+                "rescale them, or enable jax_enable_x64."
+            )
+        models = jnp.asarray(cast, dt)
     else:
         models = observables  # the same array: no second N x P copy
     log_w = (

@@ -137,3 +137,13 @@ def test_kernel_sigma_and_fit_kernel_errors(rng):
         fit_kernel(np.zeros((20, 1)), np.ones((20, 1)), np.full(20, np.nan))
     with pytest.raises(ValueError, match="at least 10"):
         fit_kernel(np.zeros((20, 1)), np.ones((20, 1)), np.zeros(20), rows=[1, 2])
+
+
+def test_fit_kernel_leaves_out_rows_without_a_usable_band(rng):
+    x, e, z = _simulate(rng, 120)
+    rows = x.copy()
+    rows[:5] = np.nan  # five training rows whose only feature is missing
+    k = fit_kernel(x, e, z, row_values=rows, max_rows=120, maxiter=5)
+    assert k["n_rows"] == 115 and np.isfinite(k["log_score"])
+    with pytest.raises(ValueError, match="positive"):
+        fit_kernel(x, e, z, bandwidth0=0.0)

@@ -394,3 +394,20 @@ def test_template_error_sigma_is_the_rest_frame_fraction(rng):
     fitter = GridFitter(noisy, ScaledGaussianLikelihood(), use_standardised=False)
     res = fitter.fit_batch(2.0 * flux[:2], 0.05 * flux[:2], return_mode="list", verbose=False)
     assert all(np.isfinite(r["log_evidence"]) for r in res)
+
+
+def test_ratio_stays_finite_when_the_reference_is_far_broader(rng):
+    """A reference model whose own error is 1e4 x the row's (an empirical grid's broad
+    member): ``-1/2 log(v / v_ref)`` from the difference of the logs, not log1p of ~-1."""
+    p = 2
+    models = np.zeros((3, p))
+    sm = np.array([[0.0, 0.0], [1e3, 1e3], [1e4, 1e4]]) * 0.01
+    x, s = np.array([0.5, -0.5]), np.full(p, 0.01)  # 50 sigma from every model
+    wide = np.concatenate([models, sm, 0 * sm], axis=1)
+    want = ref.gaussian_loglike_noise(x, s, models, sm, 0 * sm)
+    want = want - want[2]
+    lik = GaussianProductLikelihood()
+    f32 = [jnp.asarray(a, jnp.float32) for a in (x, s, wide, wide[2])]
+    got = np.asarray(lik.log_likelihood_ratio(*f32, None, jnp.zeros((3, p))), np.float64)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)

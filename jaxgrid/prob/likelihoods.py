@@ -275,7 +275,15 @@ def _gaussian_ratio(x, sigma, models, ref, upper, floor, scale, limit_kind, delt
             v, v_ref = 1.0 + a * a, 1.0 + b * b
             dv = (b - a) * (b + a)
             term = -0.5 * ((d * (d + 2.0 * c)) / v + c * c * dv / (v * v_ref))
-            term = term - 0.5 * jnp.log1p(-dv / v_ref)  # -1/2 log(v / v_ref)
+            # -1/2 log(v / v_ref): log1p of the small relative change when the two
+            # are close, the difference of the logs when they are not (v << v_ref)
+            near = jnp.abs(dv) <= 0.5 * v_ref
+            lv = jnp.where(
+                near,
+                jnp.log1p(jnp.clip(-dv / v_ref, -0.5, 0.5)),
+                jnp.log1p(a * a) - jnp.log1p(b * b),
+            )
+            term = term - 0.5 * lv
             r, r_ref = (mu[:, j] - xs[j]) * inv_h[j] * lax.rsqrt(v), c * lax.rsqrt(v_ref)
         out = out + jnp.where(gauss[j], term, 0.0)
         if upper is not None:
