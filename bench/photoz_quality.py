@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from photoz_vs_bpz import BPZ_SCRIPT  # noqa: E402
+from photoz_vs_bpz import BPZ_SCRIPT, fit_jaxgrid  # noqa: E402
 
 BANDS = "ugrizy"
 EDGES = np.round(np.arange(-0.005, 3.0051, 0.01), 6)  # bins centred on z = 0, 0.01, ..., 3
@@ -119,26 +119,9 @@ def row(name, z_true, zmode, pdf, seconds, train_seconds=0.0):
 
 
 def fit_chunks(fitter, X, S, upper=None, reps=2):
-    """Modes, binned PDFs and the best of ``reps`` timed runs (after a compiling one)."""
-    kw = dict(
-        upper_limits=upper,
-        stats_for=["z"],
-        stats_bins=[EDGES],
-        return_pdf_for_stats=True,
-        posterior_keep_mass=1.0,
-        return_candidates=False,
-        return_mode="chunks",
-        verbose=False,
-    )
-    list(fitter.fit_batch(X, S, **kw))
-    best = np.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        chunks = list(fitter.fit_batch(X, S, **kw))
-        best = min(best, time.perf_counter() - t0)
-    zmode = np.concatenate([c["map"][:, 0] for c in chunks]).astype(np.float64)
-    pdf = np.concatenate([c["pdf"][0] for c in chunks]).astype(np.float64)
-    return zmode, pdf, best
+    """Modes, binned PDFs on `EDGES` and the best of ``reps`` timed runs after a compiling
+    one (bench/photoz_vs_bpz.py's `fit_jaxgrid`, with ``fitter``'s settings)."""
+    return fit_jaxgrid(fitter.grid, X, S, upper, fitter.likelihood, fitter.prior, EDGES, reps)
 
 
 def dc2_magnitudes(path, n_obj=None):

@@ -219,7 +219,7 @@ def _gaussian_sums(
     mu, sm, _ = split_model_noise(x, models)
     chi2 = jnp.zeros(mu.shape[0], dtype=mu.dtype)
     limits = jnp.zeros(mu.shape[0], dtype=mu.dtype)
-    norm = jnp.zeros(mu.shape[0], dtype=mu.dtype)
+    norm = 0.0  # the per-model normalisation of model errors (none without)
     inv_h = 1.0 / hs  # multiply, not divide, in the (models,) loop
     for j in range(mu.shape[1]):
         r = (mu[:, j] - xs[j]) * inv_h[j]
